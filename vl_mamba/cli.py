@@ -1,0 +1,37 @@
+"""The ``vl-mamba`` command.
+
+``fit``, ``validate``, ``test`` and ``predict`` go to the project's LightningCLI; the other subcommands
+(``data``, ``chat``, ``eval``, ``sweep``, ``plot``) are small programs of their own, imported only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> "module:function"; each function takes the remaining arguments and returns an exit code.
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        target, _ = COMMANDS[argv[0]]
+        module, function = target.split(":")
+        return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
+    if argv and argv[0] in ("-h", "--help") or not argv:
+        _print_help()
+        return 0
+    from vl_mamba.training.lightning_cli import run_lightning_cli
+
+    run_lightning_cli(argv)
+    return 0
+
+
+def _print_help() -> None:
+    lines = ["usage: vl-mamba {fit,validate,test,predict," + ",".join(COMMANDS) + "} ...", ""]
+    lines += [f"  {name:<10} LightningCLI {name} (see: vl-mamba {name} --help)" for name in LIGHTNING_SUBCOMMANDS]
+    lines += [f"  {name:<10} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    sys.stdout.write("\n".join(lines) + "\n")

@@ -1,0 +1,41 @@
+"""Parameter-free kernels: each fast function dispatches to a CUDA kernel when one is installed, and has a
+pure-PyTorch ``_ref`` twin with the same signature that serves as its specification."""
+
+from vl_mamba.ops.causal_conv1d import (
+    causal_conv1d_fn,
+    causal_conv1d_ref,
+    causal_conv1d_torch,
+    causal_conv1d_update,
+    causal_conv1d_update_ref,
+    conv_state_from_input,
+)
+from vl_mamba.ops.mamba_inner import mamba_inner_fn, mamba_inner_ref, project_scan_inputs
+from vl_mamba.ops.rms_norm import add_rms_norm, add_rms_norm_ref
+from vl_mamba.ops.selective_scan import (
+    linear_scan,
+    selective_scan_fn,
+    selective_scan_ref,
+    selective_scan_torch,
+    selective_state_update,
+    selective_state_update_ref,
+)
+
+__all__ = [
+    "add_rms_norm",
+    "add_rms_norm_ref",
+    "causal_conv1d_fn",
+    "causal_conv1d_ref",
+    "causal_conv1d_torch",
+    "causal_conv1d_update",
+    "causal_conv1d_update_ref",
+    "conv_state_from_input",
+    "linear_scan",
+    "mamba_inner_fn",
+    "mamba_inner_ref",
+    "project_scan_inputs",
+    "selective_scan_fn",
+    "selective_scan_ref",
+    "selective_scan_torch",
+    "selective_state_update",
+    "selective_state_update_ref",
+]

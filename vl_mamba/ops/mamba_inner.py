@@ -1,0 +1,103 @@
+"""The whole Mamba-1 layer between in_proj and out_proj as one function (conv, projections, scan, gate).
+
+``mamba_inner_fn`` uses mamba_ssm's fused implementation (which recomputes the convolution in the backward
+instead of storing it) for CUDA tensors when both mamba_ssm and causal-conv1d are installed, and
+``mamba_inner_ref``, built from this package's own ops, otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vl_mamba.ops.causal_conv1d import causal_conv1d_fn
+from vl_mamba.ops.selective_scan import selective_scan_fn
+
+__all__ = ["mamba_inner_fn", "mamba_inner_ref"]
+
+
+@functools.cache
+def _cuda_inner():
+    try:
+        import causal_conv1d  # noqa: F401  (mamba_ssm's fused path needs it)
+        from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn as kernel
+    except ImportError:
+        return None
+    return kernel
+
+
+def mamba_inner_fn(
+    xz: Tensor,
+    conv1d_weight: Tensor,
+    conv1d_bias: Tensor | None,
+    x_proj_weight: Tensor,
+    delta_proj_weight: Tensor,
+    out_proj_weight: Tensor,
+    out_proj_bias: Tensor | None,
+    A: Tensor,
+    D: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+) -> Tensor:
+    """Mamba-1 mixer body.
+
+    Args:
+        xz: in_proj output, x and z stacked on the channel axis, (batch, 2 * d_inner, L).
+        conv1d_weight: (d_inner, 1, W) as nn.Conv1d stores it.
+        conv1d_bias: (d_inner,).
+        x_proj_weight: (dt_rank + 2 * N, d_inner).
+        delta_proj_weight: (d_inner, dt_rank).
+        out_proj_weight: (d_model, d_inner).
+        out_proj_bias: (d_model,).
+        A: (d_inner, N).
+        D: (d_inner,).
+        delta_bias: (d_inner,).
+
+    Returns:
+        (batch, L, d_model).
+    """
+    if xz.is_cuda and xz.dtype != torch.float64:
+        kernel = _cuda_inner()
+        if kernel is not None:
+            return kernel(
+                xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias,
+                A, None, None, D, delta_bias=delta_bias, delta_softplus=True,
+            )
+    return mamba_inner_ref(
+        xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias, A, D,
+        delta_bias,
+    )
+
+
+def mamba_inner_ref(
+    xz: Tensor,
+    conv1d_weight: Tensor,
+    conv1d_bias: Tensor | None,
+    x_proj_weight: Tensor,
+    delta_proj_weight: Tensor,
+    out_proj_weight: Tensor,
+    out_proj_bias: Tensor | None,
+    A: Tensor,
+    D: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+) -> Tensor:
+    """``mamba_inner_fn`` composed of ``causal_conv1d_fn`` and ``selective_scan_fn``; same arguments."""
+    x, z = xz.chunk(2, dim=1)
+    x = causal_conv1d_fn(x, conv1d_weight.squeeze(1), conv1d_bias, activation="silu")
+    dt, B, C = project_scan_inputs(x, x_proj_weight, delta_proj_weight)
+    y = selective_scan_fn(x, dt, A, B, C, D, z, delta_bias=delta_bias, delta_softplus=True)
+    return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
+
+
+def project_scan_inputs(
+    x: Tensor, x_proj_weight: Tensor, delta_proj_weight: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """x (batch, d_inner, L) -> dt (batch, d_inner, L) before bias, B and C (batch, N, L)."""
+    rank = delta_proj_weight.shape[1]
+    n = (x_proj_weight.shape[0] - rank) // 2
+    x_dbl = F.linear(x.transpose(1, 2), x_proj_weight)  # (batch, L, rank + 2N)
+    dt, B, C = x_dbl.split([rank, n, n], dim=-1)
+    dt = F.linear(dt, delta_proj_weight).transpose(1, 2)
+    return dt, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
