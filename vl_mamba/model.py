@@ -109,7 +109,9 @@ class VLMamba(nn.Module):
             got = None if pixel_values is None else pixel_values.shape[0]
             raise ValueError(f"{n_images} samples have an image but pixel_values holds {got}")
         visual = self.encode_images(pixel_values) if n_images else None
-        is_placeholder = (input_ids == self.image_token_id) & attention_mask if self.image_token_id is not None else None
+        is_placeholder = None
+        if self.image_token_id is not None:
+            is_placeholder = (input_ids == self.image_token_id) & attention_mask
         text_ids = input_ids if is_placeholder is None else input_ids.masked_fill(is_placeholder, 0)
         text = self.decoder.embed(text_ids)
         embeds, masks, targets = [], [], []

@@ -17,6 +17,8 @@ class LanguageDecoder(nn.Module, ABC):
     """Width of the embeddings it reads (the connector's output width)."""
     vocab_size: int
     """Tokenizer vocabulary size (the logits may have padding rows beyond it)."""
+    embedding_rows: int
+    """Rows of the input embedding (and of the logits): the vocabulary padded up."""
 
     @abstractmethod
     def embed(self, input_ids: Tensor) -> Tensor:

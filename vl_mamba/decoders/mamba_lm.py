@@ -81,6 +81,7 @@ class MambaDecoder(LanguageDecoder):
         self.config = cfg
         self.d_model = cfg.d_model
         self.vocab_size = cfg.vocab_size
+        self.embedding_rows = cfg.padded_vocab_size
         self.gradient_checkpointing = gradient_checkpointing
         # Weights about to be read from a checkpoint are not initialised first (meta tensors, then empty).
         with torch.device("meta" if directory is not None else torch.get_default_device()):

@@ -1,0 +1,65 @@
+"""The project's LightningCLI: ``vl-mamba fit|validate|test|predict --config a.yaml [--config b.yaml] ...``.
+
+Configs compose (later files win) and are parsed in omegaconf mode, so YAML may interpolate ``${...}``.
+Values shared by model and data live in one place: the model's tokenizer is linked to the data module, and
+the encoder's preprocessing and number of visual tokens are linked after the model exists. The full
+resolved config is saved beside the checkpoints of every run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from vl_mamba.training.lit_module import VLMambaLitModule
+
+
+class VLMambaCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.tokenizer", "data.init_args.tokenizer")
+        parser.link_arguments(
+            "model", "data.init_args.image_config", compute_fn=_image_config, apply_on="instantiate"
+        )
+        parser.link_arguments(
+            "model", "data.init_args.num_visual_tokens", compute_fn=_num_visual_tokens, apply_on="instantiate"
+        )
+
+
+def _image_config(model: VLMambaLitModule) -> dict:
+    return model.image_config
+
+
+def _num_visual_tokens(model: VLMambaLitModule) -> int:
+    return model.num_visual_tokens
+
+
+def build_cli(argv: list[str], run: bool = True) -> VLMambaCLI:
+    return VLMambaCLI(
+        VLMambaLitModule,
+        LightningDataModule,
+        subclass_mode_data=True,
+        args=argv,
+        run=run,
+        parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def run_lightning_cli(argv: list[str]) -> None:
+    """Run the CLI; mistakes in the configuration end with one line on stderr (VL_MAMBA_DEBUG=1: traceback)."""
+    try:
+        build_cli(argv)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        if os.environ.get("VL_MAMBA_DEBUG"):
+            raise
+        sys.stderr.write(f"vl-mamba: error: {_root_cause(error)}\n")
+        raise SystemExit(2) from None
+
+
+def _root_cause(error: BaseException) -> str:
+    while error.__cause__ is not None and isinstance(error.__cause__, (ValueError, FileNotFoundError, TypeError)):
+        error = error.__cause__
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
