@@ -24,7 +24,8 @@ class TimmViTEncoder(VisionEncoder):
         pretrained: load timm's pretrained weights for ``model_name`` (hub, or the local hub cache).
         checkpoint_path: load weights from this local file instead (timm / open_clip / safetensors formats
             that timm's loader accepts).
-        layer: which block's output to return; negative counts from the end (-1 last, -2 penultimate).
+        layer: which block's output to return; negative counts from the end (-1 last, -2 penultimate). None
+            means ``default_layer(model_name)``: the penultimate block for CLIP (LLaVA-1.5), the last otherwise.
         norm: apply the model's final norm to the returned features.
         img_size: input resolution, when not the model's default.
         model_kwargs: further arguments for ``timm.create_model`` (tiny test models set widths and depths here).
@@ -36,7 +37,7 @@ class TimmViTEncoder(VisionEncoder):
         model_name: str = "vit_so400m_patch14_siglip_384",
         pretrained: bool = False,
         checkpoint_path: str | None = None,
-        layer: int = -1,
+        layer: int | None = None,
         norm: bool = False,
         img_size: int | None = None,
         model_kwargs: dict[str, Any] | None = None,
@@ -57,6 +58,8 @@ class TimmViTEncoder(VisionEncoder):
         if not hasattr(self.model, "forward_intermediates") or not hasattr(self.model, "blocks"):
             raise ValueError(f"{model_name} is not a timm Vision Transformer with forward_intermediates")
         depth = len(self.model.blocks)
+        if layer is None:
+            layer = default_layer(model_name)
         if not -depth <= layer < depth:
             raise ValueError(f"layer={layer} is outside the {depth} blocks of {model_name}")
         self.layer = layer % depth
@@ -87,6 +90,11 @@ class TimmViTEncoder(VisionEncoder):
 
     def extra_repr(self) -> str:
         return f"{self.model_name}, layer={self.layer}, grid={self.grid}, embed_dim={self.embed_dim}"
+
+
+def default_layer(model_name: str) -> int:
+    """The block whose features LLaVA-1.5 feeds the language model: the penultimate for CLIP ViTs, else the last."""
+    return -2 if "_clip_" in model_name else -1
 
 
 def save_timm_checkpoint(model: nn.Module, path: str | Path) -> Path:

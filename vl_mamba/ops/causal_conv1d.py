@@ -80,11 +80,14 @@ def causal_conv1d_fn(
 def causal_conv1d_torch(
     x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None
 ) -> Tensor:
-    """``causal_conv1d_fn`` as one grouped ``conv1d`` with left padding."""
+    """``causal_conv1d_fn`` as one grouped ``conv1d`` with left padding, in float32 (float64 stays) like the
+    kernel and the reference, whatever the dtypes of x, weight and bias."""
     _check(x, weight, activation)
+    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     width = weight.shape[1]
-    out = F.conv1d(F.pad(x, (width - 1, 0)), weight.unsqueeze(1).to(x.dtype), bias, groups=x.shape[1])
-    return F.silu(out) if activation else out
+    bias = None if bias is None else bias.to(cdt)
+    out = F.conv1d(F.pad(x.to(cdt), (width - 1, 0)), weight.unsqueeze(1).to(cdt), bias, groups=x.shape[1])
+    return (F.silu(out) if activation else out).to(x.dtype)
 
 
 def causal_conv1d_ref(

@@ -9,8 +9,9 @@ Three functions share one signature (mamba_ssm's):
 
 - ``selective_scan_fn``: the entry point. mamba_ssm's CUDA kernel for CUDA tensors when mamba_ssm is installed,
   ``selective_scan_torch`` otherwise.
-- ``selective_scan_torch``: a chunked two-level scan in PyTorch with a hand-written backward. It never
-  exponentiates a growing sum, so it cannot overflow however large ``dt * |A|`` becomes.
+- ``selective_scan_torch``: the recurrence in PyTorch, in cache-sized tiles of time steps, with a hand-written
+  backward that recomputes each tile's states instead of storing them. It only ever multiplies single-step
+  decays, never exponentiates a growing sum, so it cannot overflow however large ``dt * |A|`` becomes.
 - ``selective_scan_ref``: a plain loop over time, differentiated by autograd. It is the specification.
 
 ``selective_state_update`` advances the recurrence by one step for generation, with ``_ref`` beside it.
@@ -138,13 +139,14 @@ def selective_scan_ref(
     if delta_softplus:
         delta = F.softplus(delta)
     batch, dim, length = u.shape
+    n = A.shape[1]
     groups = 1 if B.dim() == 3 else B.shape[1]
-    B = B.view(batch, groups, 1, -1, length).expand(-1, -1, dim // groups, -1, -1).reshape(batch, dim, -1, length)
-    C = C.view(batch, groups, 1, -1, length).expand(-1, -1, dim // groups, -1, -1).reshape(batch, dim, -1, length)
+    B = B.view(batch, groups, 1, n, length).expand(-1, -1, dim // groups, -1, -1).reshape(batch, dim, n, length)
+    C = C.view(batch, groups, 1, n, length).expand(-1, -1, dim // groups, -1, -1).reshape(batch, dim, n, length)
     decay = torch.exp(delta.unsqueeze(-1) * A.unsqueeze(1))  # (batch, dim, L, N)
     inputs = (delta * u).unsqueeze(-1) * B.transpose(2, 3)  # (batch, dim, L, N)
     C = C.transpose(2, 3)
-    h = u.new_zeros(batch, dim, A.shape[1])
+    h = u.new_zeros(batch, dim, n)
     ys = []
     for decay_t, input_t, C_t in zip(decay.unbind(2), inputs.unbind(2), C.unbind(2)):
         h = decay_t * h + input_t
@@ -256,8 +258,7 @@ def linear_scan_(a: Tensor, b: Tensor, size: int, reverse: bool = False) -> None
     The sequence is cut into chunks of ``size`` steps. One loop over the steps of a chunk scans every chunk at
     once from a zero start; a loop over chunks carries the state across chunk borders (each chunk's total decay
     is a product of its decays); a last loop over the steps of a chunk adds the carried state, decayed. Only
-    products of decays are formed, so nothing can overflow, whatever the decays' range. Not differentiable:
-    ``_SelectiveScan`` supplies the backward.
+    products of decays are formed, so nothing can overflow, whatever the decays' range. Not differentiable.
     """
     length = b.shape[0]
     if length == 0:
@@ -281,91 +282,108 @@ def linear_scan_(a: Tensor, b: Tensor, size: int, reverse: bool = False) -> None
         h[:, t].add_(carry_in)
 
 
-class _SelectiveScan(torch.autograd.Function):
-    """Chunked selective scan with an explicit backward: two linear scans and no autograd graph over time.
+_TILE_ELEMENTS = 1 << 19
+"""Size of each work buffer of ``_SelectiveScan`` in elements (2 MiB in float32, so that a tile's work stays in
+the processor's caches); a tile holds as many time steps as fit, at least one."""
 
-    The large (L, batch, dim, N) buffers are allocated once each and padded to whole chunks; the decays get one
-    extra zero row so that the backward's shifted decays (``decay_{t+1}``) are a view, not a copy.
+
+class _SelectiveScan(torch.autograd.Function):
+    """The selective scan in tiles of consecutive time steps, with a hand-written backward.
+
+    Layout: time first, then batch, group, state, channel: ``(L, batch, G, N, dim / G)``. One time step of every
+    sequence is then one contiguous slab, so the recurrence is a loop of one in-place ``addcmul_`` per step,
+    and every contraction over N or over the channels is a batched row-vector product.
+
+    The sequence is cut into tiles of ``steps`` time steps; per tile, the decays and the inputs are formed in
+    two small buffers that stay in cache, the states are scanned in place, and y is contracted out. The
+    forward keeps only the state at the start of each tile; the backward walks the tiles in reverse,
+    recomputes each tile's decays and states from its start state, and runs the adjoint recurrence
+    ``G_t = C_t g_t + decay_{t+1} G_{t+1}`` through it. Decays are ``exp(dt * A)`` of one step, at most 1 for
+    a stable A, and only ever multiplied: nothing can overflow, whatever ``dt * |A|``.
     """
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        cdt = _compute_dtype(u)
-        length = u.shape[-1]
-        size, chunks = chunking(length)
-        dt, pre = _time_steps(delta, delta_bias, delta_softplus, cdt)  # (L, b, d)
-        ut = _tm(u, cdt)
-        Bt, Ct = _time_major(B, cdt), _time_major(C, cdt)  # (L, b, G, N)
-        Af = A.to(cdt)
-        decay = dt.new_empty(size * chunks + 1, *dt.shape[1:], Af.shape[1])
-        torch.mul(dt.unsqueeze(-1), Af, out=decay[:length]).exp_()
-        decay[length:] = 0
-        h = dt.new_empty(size * chunks, *decay.shape[1:])
-        _grouped_outer(dt * ut, Bt, out=h[:length])
-        h[length:] = 0
-        linear_scan_(decay[:-1], h, size)
-        y = _grouped_contract(h[:length], Ct)  # (L, b, d)
+        ops = _Operands(u, delta, A, B, C, delta_bias, delta_softplus)
+        batch, dim, length = u.shape
+        grad_needed = any(ctx.needs_input_grad[:8])
+        bounds = ops.tile_bounds()
+        decay, h = ops.buffers(2)
+        starts = ops.dt.new_empty(len(bounds) if grad_needed else 0, *h.shape[1:])
+        y = ops.dt.new_empty(length, *ops.dtu.shape[1:])  # (L, b, G, 1, dg)
+        h[0].zero_()
+        steps = 0
+        for c, (t0, t1) in enumerate(bounds):
+            if c:
+                h[0].copy_(h[steps])
+            if grad_needed:
+                starts[c].copy_(h[0])
+            steps = ops.scan_tile(t0, t1, decay, h)
+            torch.matmul(ops.C[t0:t1].transpose(-1, -2), h[1 : steps + 1], out=y[t0:t1])
+        last = h[steps].transpose(-1, -2).reshape(batch, dim, A.shape[1])
+        y = _batch_major(y.view(length, batch, dim))
         if D is not None:
-            y = y + ut * D.to(cdt)
-        out = y
-        if z is not None:
-            out = y * F.silu(_tm(z, cdt))
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, pre, dt, decay, h, y)
+            y.addcmul_(ops.u, D.to(ops.dtype)[:, None])
+        out = y if z is None else y * F.silu(z.to(ops.dtype))
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, starts, None if z is None else y)
         ctx.delta_softplus = delta_softplus
-        ctx.size = size
-        last = h[length - 1].clone() if length else h.new_zeros(h.shape[1:])
-        ctx.mark_non_differentiable(last)
-        return out.permute(1, 2, 0).contiguous().to(u.dtype), last
+        ctx.set_materialize_grads(False)
+        return out.to(u.dtype), last
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):
-        u, delta, A, B, C, D, z, delta_bias, pre, dt, decay, h, y = ctx.saved_tensors
-        cdt = h.dtype
-        length = u.shape[-1]
-        g = _tm(grad_out, cdt)  # (L, b, d)
-        ut = _tm(u, cdt)
+        u, delta, A, B, C, D, z, delta_bias, starts, y = ctx.saved_tensors
+        ops = _Operands(u, delta, A, B, C, delta_bias, ctx.delta_softplus)
+        cdt = ops.dtype
+        batch, dim, length = u.shape
+        g = ops.u.new_zeros(u.shape) if grad_out is None else grad_out.to(cdt)  # (b, d, L)
         grad_z = None
         if z is not None:
-            zt = _tm(z, cdt)
-            sig = torch.sigmoid(zt)
-            grad_z = (g * y * sig * (1 + zt * (1 - sig))).permute(1, 2, 0).to(z.dtype)
-            g = g * zt * sig
-        grad_u = torch.zeros_like(ut)
-        grad_D = None
+            zf = z.to(cdt)
+            sig = torch.sigmoid(zf)
+            grad_z = (g * y * sig * (1 + zf * (1 - sig))).to(z.dtype)
+            g = g * F.silu(zf)
+        grad_D = None if D is None else (g * ops.u).sum((0, 2)).to(D.dtype)
+        g_t = _time_major(g).view(ops.dtu.shape)  # (L, b, G, 1, dg)
+        decay, h, adj = ops.buffers(3)  # adj: adjoints of the states
+        decay_rows, adj_rows = decay.unbind(0), adj.unbind(0)
+        carry = h.new_zeros(h.shape[1:])  # decay_{t1} * G_{t1} from the tile after this one: (b, G, N, dg)
+        if grad_last is not None:
+            groups, n = carry.shape[1:3]
+            carry.copy_(grad_last.to(cdt).reshape(batch, groups, -1, n).transpose(-1, -2))
+        grad_B, grad_C = torch.empty_like(ops.B), torch.empty_like(ops.C)  # (L, b, G, N, 1)
+        grad_dtu, grad_dtA = torch.empty_like(ops.dtu), torch.empty_like(ops.dtu)  # (L, b, G, 1, dg)
+        grad_A = torch.zeros_like(ops.A)  # (G, N, dg)
+        for c, (t0, t1) in reversed(list(enumerate(ops.tile_bounds()))):
+            h[0].copy_(starts[c])
+            steps = ops.scan_tile(t0, t1, decay, h)
+            G = adj[:steps]
+            torch.mul(g_t[t0:t1], ops.C[t0:t1], out=G)
+            adj_rows[steps - 1].add_(carry)
+            for t in range(steps - 2, -1, -1):
+                adj_rows[t].addcmul_(decay_rows[t + 1], adj_rows[t + 1])
+            torch.mul(decay_rows[0], adj_rows[0], out=carry)
+            # h_t = decay_t * h_{t-1} + dtu_t * B_t and y_t = C_t . h_t
+            torch.matmul(h[1 : steps + 1], g_t[t0:t1].transpose(-1, -2), out=grad_C[t0:t1])
+            torch.matmul(G, ops.dtu[t0:t1].transpose(-1, -2), out=grad_B[t0:t1])
+            torch.matmul(ops.B[t0:t1].transpose(-1, -2), G, out=grad_dtu[t0:t1])
+            G.mul_(h[:steps]).mul_(decay[:steps])  # now the adjoint of dt * A
+            grad_A.add_(torch.mul(G, ops.dt_t[t0:t1], out=decay[:steps]).sum((0, 1)))
+            torch.sum(G.mul_(ops.A), -2, keepdim=True, out=grad_dtA[t0:t1])
+        grad_dtu = _batch_major(grad_dtu.view(length, batch, dim))
+        grad_dt = _batch_major(grad_dtA.view(length, batch, dim)).addcmul_(grad_dtu, ops.u)
+        grad_u = grad_dtu.mul_(ops.dt)
         if D is not None:
-            grad_D = (g * ut).sum((0, 1)).to(D.dtype)
-            grad_u = g * D.to(cdt)
-        Bt, Ct = _time_major(B, cdt), _time_major(C, cdt)
-        h = h[:length]
-        # y_t = sum_n C_t h_t: adjoints of C and of h.
-        grad_C = _grouped_reduce(g, h, Ct.shape[2])
-        G = torch.empty_like(decay[1:])
-        _grouped_outer(g, Ct, out=G[:length])
-        G[length:] = 0
-        if grad_last is not None and length:
-            G[length - 1] += grad_last.to(cdt)
-        # Total adjoint of h: G_t = gh_t + decay_{t+1} * G_{t+1}, a reverse scan over the shifted decays.
-        linear_scan_(decay[1:], G, ctx.size, reverse=True)
-        G = G[:length]
-        # h_t = decay_t * h_{t-1} + dt_t u_t B_t
-        grad_B = _grouped_reduce(dt * ut, G, Bt.shape[2])
-        grad_dtu = _grouped_contract(G, Bt)
-        G[1:] *= h[:-1]
-        G[:1] = 0
-        G *= decay[:length]  # now the adjoint of dt * A
-        flat_G = G.view(-1, *G.shape[2:])
-        grad_dt = grad_dtu * ut + torch.einsum("kdn,dn->kd", flat_G, A.to(cdt)).view_as(dt)
-        grad_A = torch.einsum("kd,kdn->dn", dt.view(-1, dt.shape[-1]), flat_G).to(A.dtype)
-        grad_u = grad_u + grad_dtu * dt
+            grad_u.addcmul_(g, D.to(cdt)[:, None])
         if ctx.delta_softplus:
-            grad_dt = grad_dt * torch.sigmoid(pre)
-        grad_delta_bias = None if delta_bias is None else grad_dt.sum((0, 1)).to(delta_bias.dtype)
+            grad_dt = torch.ops.aten.softplus_backward(grad_dt, ops.pre, 1.0, 20.0)
+        grad_delta_bias = None if delta_bias is None else grad_dt.sum((0, 2)).to(delta_bias.dtype)
         return (
-            grad_u.permute(1, 2, 0).to(u.dtype),
-            grad_dt.permute(1, 2, 0).to(delta.dtype),
-            grad_A,
-            _from_time_major(grad_B, B),
-            _from_time_major(grad_C, C),
+            grad_u.to(u.dtype),
+            grad_dt.to(delta.dtype),
+            grad_A.transpose(1, 2).reshape(A.shape).to(A.dtype),
+            _unpack_bc(grad_B, B),
+            _unpack_bc(grad_C, C),
             grad_D,
             grad_z,
             grad_delta_bias,
@@ -373,59 +391,85 @@ class _SelectiveScan(torch.autograd.Function):
         )
 
 
+class _Operands:
+    """The scan's operands in the compute dtype, in ``_SelectiveScan``'s layouts, and the work on one tile.
+
+    Attributes:
+        pre, dt: time steps before and after softplus, (batch, dim, L).
+        u: (batch, dim, L).
+        dt_t, dtu: dt and dt * u, time-major, (L, batch, G, 1, dim / G).
+        A: (G, N, dim / G).
+        B, C: (L, batch, G, N, 1).
+    """
+
+    def __init__(self, u, delta, A, B, C, delta_bias, delta_softplus) -> None:
+        self.dtype = cdt = _compute_dtype(u)
+        batch, dim, length = u.shape
+        self.B, self.C = _pack_bc(B, cdt), _pack_bc(C, cdt)
+        groups, n = self.B.shape[2], A.shape[1]
+        self.pre = delta.to(cdt)
+        if delta_bias is not None:
+            self.pre = self.pre + delta_bias.to(cdt)[:, None]
+        self.dt = F.softplus(self.pre) if delta_softplus else self.pre
+        self.u = u.to(cdt)
+        shape = (length, batch, groups, 1, dim // groups)
+        self.dt_t = _time_major(self.dt).view(shape)
+        self.dtu = _time_major(self.dt * self.u).view(shape)
+        self.A = A.to(cdt).view(groups, dim // groups, n).transpose(1, 2).contiguous()
+        self.steps = max(1, min(length, _TILE_ELEMENTS // max(1, batch * dim * n)))
+
+    def tile_bounds(self) -> list[tuple[int, int]]:
+        length = self.dtu.shape[0]
+        return [(t0, min(length, t0 + self.steps)) for t0 in range(0, length, self.steps)]
+
+    def buffers(self, count: int) -> list[Tensor]:
+        """``count`` tile buffers (steps, batch, G, N, dim / G); the second has one more row, for the state
+        before the tile."""
+        _, batch, groups, _, dg = self.dtu.shape
+        shape = (batch, groups, self.A.shape[1], dg)
+        return [self.dt.new_empty(self.steps + (i == 1), *shape) for i in range(count)]
+
+    def scan_tile(self, t0: int, t1: int, decay: Tensor, h: Tensor) -> int:
+        """Fill ``decay[:m]`` and ``h[1 : m + 1]`` (m = t1 - t0) for steps t0..t1-1; ``h[0]`` holds the state
+        before step t0. Returns m."""
+        steps = t1 - t0
+        torch.mul(self.dt_t[t0:t1], self.A, out=decay[:steps]).exp_()
+        torch.mul(self.dtu[t0:t1], self.B[t0:t1], out=h[1 : steps + 1])
+        decay_rows, h_rows = decay.unbind(0), h.unbind(0)
+        for t in range(steps):
+            h_rows[t + 1].addcmul_(decay_rows[t], h_rows[t])
+        return steps
+
+
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _time_steps(delta: Tensor, bias: Tensor | None, softplus: bool, cdt: torch.dtype) -> tuple[Tensor, Tensor]:
-    """(dt, pre-activation), both time-major (L, b, d)."""
-    pre = _tm(delta, cdt)
-    if bias is not None:
-        pre = pre + bias.to(cdt)
-    return (F.softplus(pre) if softplus else pre), pre
+def _time_major(x: Tensor) -> Tensor:
+    """(b, d, L) -> contiguous (L, b, d), as a 2D transpose (which torch copies in cache-friendly blocks)."""
+    batch, dim, length = x.shape
+    return x.reshape(batch * dim, length).t().contiguous().view(length, batch, dim)
 
 
-def _time_major(M: Tensor, cdt: torch.dtype) -> Tensor:
-    """(b, N, L) or (b, G, N, L) -> (L, b, G, N)."""
+def _batch_major(x: Tensor) -> Tensor:
+    """(L, b, d) -> contiguous (b, d, L)."""
+    length, batch, dim = x.shape
+    return x.reshape(length, batch * dim).t().contiguous().view(batch, dim, length)
+
+
+def _pack_bc(M: Tensor, cdt: torch.dtype) -> Tensor:
+    """B or C, (b, N, L) or (b, G, N, L) -> (L, b, G, N, 1)."""
     if M.dim() == 3:
         M = M.unsqueeze(1)
-    return M.to(cdt).permute(3, 0, 1, 2).contiguous()
+    return M.to(cdt).permute(3, 0, 1, 2).contiguous().unsqueeze(-1)
 
 
-def _tm(x: Tensor, cdt: torch.dtype) -> Tensor:
-    """(b, d, L) -> contiguous time-major (L, b, d) in the compute dtype."""
-    return x.to(cdt).permute(2, 0, 1).contiguous()
-
-
-def _from_time_major(grad: Tensor, like: Tensor) -> Tensor:
-    """(L, b, G, N) -> the layout and dtype of ``like``."""
-    grad = grad.permute(1, 2, 3, 0)
+def _unpack_bc(grad: Tensor, like: Tensor) -> Tensor:
+    """(L, b, G, N, 1) -> the layout and dtype of ``like``."""
+    grad = grad.squeeze(-1).permute(1, 2, 3, 0)
     if like.dim() == 3:
         grad = grad.squeeze(1)
     return grad.contiguous().to(like.dtype)
-
-
-def _grouped_outer(x: Tensor, M: Tensor, out: Tensor) -> Tensor:
-    """x (L, b, d), M (L, b, G, N) -> out = x[d] * M[group(d), n], (L, b, d, N)."""
-    L, b, d = x.shape
-    G, N = M.shape[2:]
-    torch.mul(x.view(L, b, G, d // G, 1), M.unsqueeze(3), out=out.view(L, b, G, d // G, N))
-    return out
-
-
-def _grouped_contract(h: Tensor, M: Tensor) -> Tensor:
-    """h (L, b, d, N), M (L, b, G, N) -> sum_n h[d, n] M[group(d), n], (L, b, d)."""
-    L, b, d, N = h.shape
-    G = M.shape[2]
-    out = torch.matmul(h.view(L, b, G, d // G, N), M.unsqueeze(-1))
-    return out.view(L, b, d)
-
-
-def _grouped_reduce(x: Tensor, h: Tensor, groups: int) -> Tensor:
-    """x (L, b, d), h (L, b, d, N) -> sum over each group's d of x[d] * h[d, n], (L, b, G, N)."""
-    L, b, d, N = h.shape
-    out = torch.matmul(x.view(L, b, groups, 1, d // groups), h.view(L, b, groups, d // groups, N))
-    return out.view(L, b, groups, N)
 
 
 def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:

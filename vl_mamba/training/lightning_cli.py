@@ -10,14 +10,41 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+from typing import Any
 
+import torch
+from jsonargparse import namespace_to_dict
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from vl_mamba.training.lit_module import VLMambaLitModule
 
+ARCHITECTURE_KEYS = ("encoder", "connector", "decoder", "tokenizer")
+
 
 class VLMambaCLI(LightningCLI):
+    def _parse_ckpt_path(self) -> None:
+        """With ``--ckpt_path``, the configured architecture must be the checkpoint's; training settings
+        (learning rates, stage, ...) come from the configuration, not silently from the checkpoint."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("hyper_parameters") or {}
+        configured = namespace_to_dict(self.config[subcommand]["model"])
+        differences = [
+            line for key in ARCHITECTURE_KEYS if key in saved
+            for line in _differences(saved[key], configured.get(key), key)
+        ]
+        if differences:
+            raise ValueError(
+                "the checkpoint is of another architecture than the configured model: "
+                + "; ".join(differences[:4]) + (" ..." if len(differences) > 4 else "")
+            )
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.tokenizer", "data.init_args.tokenizer")
         parser.link_arguments(
@@ -28,6 +55,16 @@ class VLMambaCLI(LightningCLI):
         )
 
 
+def _differences(saved: Any, configured: Any, path: str) -> list[str]:
+    """Where two nested config values differ, as ``path: checkpoint X, config Y`` lines."""
+    if isinstance(saved, dict) and isinstance(configured, dict):
+        keys = sorted(set(saved) | set(configured))
+        return [line for k in keys for line in _differences(saved.get(k), configured.get(k), f"{path}.{k}")]
+    if saved != configured and not (isinstance(saved, (list, tuple)) and list(saved) == list(configured or [])):
+        return [f"{path}: checkpoint {saved!r}, config {configured!r}"]
+    return []
+
+
 def _image_config(model: VLMambaLitModule) -> dict:
     return model.image_config
 
@@ -36,12 +73,13 @@ def _num_visual_tokens(model: VLMambaLitModule) -> int:
     return model.num_visual_tokens
 
 
-def build_cli(argv: list[str], run: bool = True) -> VLMambaCLI:
+def build_cli(argv: list[str] | None = None, run: bool = True) -> VLMambaCLI:
+    """The CLI over ``argv`` (None: the command line)."""
     return VLMambaCLI(
         VLMambaLitModule,
         LightningDataModule,
         subclass_mode_data=True,
-        args=argv,
+        args=None if argv == sys.argv[1:] else argv,
         run=run,
         parser_kwargs={"parser_mode": "omegaconf"},
         save_config_kwargs={"overwrite": True},
