@@ -46,7 +46,7 @@ def time_cpu(fn: Callable[[], Any], warmup: int = 1, repeats: int = 5) -> dict[s
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| in float64."""
-    out, ref = out.double(), ref.double()
+    out, ref = out.detach().double(), ref.detach().double()
     return float((out - ref).norm() / ref.norm().clamp_min(1e-300))
 
 
@@ -64,12 +64,16 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def report(title: str, rows: list[dict[str, Any]], columns: list[str], out: str | Path | None) -> None:
+def report(
+    title: str, rows: list[dict[str, Any]], columns: list[str], out: str | Path | None, quiet: bool = False
+) -> None:
     """Write ``{"machine": ..., "rows": rows}`` as JSON (when ``out``) and print a table of ``columns`` last."""
     if out is not None:
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"title": title, "machine": machine(), "rows": rows}, indent=2, default=str))
+    if quiet:
+        return
     table = Table(title=title)
     for column in columns:
         table.add_column(column)

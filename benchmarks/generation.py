@@ -23,6 +23,8 @@ from vl_mamba.encoders import TimmViTEncoder
 from vl_mamba.generation import GenerationConfig, generate_tokens
 from vl_mamba.model import VLMamba
 
+REPEATS = 3
+
 
 def copy_bandwidth() -> float:
     """Device-to-device copy bandwidth in bytes/s, counting bytes read plus written."""
@@ -41,6 +43,15 @@ def build_mamba() -> VLMamba:
 
 
 def mamba_run(model: VLMamba, batch: int, prompt: int, new: int, graph: bool = True) -> dict:
+    try:
+        return _mamba_run(model, batch, prompt, new, graph)
+    except torch.OutOfMemoryError:
+        gc.collect()
+        torch.cuda.empty_cache()
+        return {"model": "VL-Mamba 2.8B", "batch": batch, "prompt": prompt, "ttft_ms": "OOM"}
+
+
+def _mamba_run(model: VLMamba, batch: int, prompt: int, new: int, graph: bool = True) -> dict:
     text = prompt - model.num_visual_tokens
     ids = torch.randint(2, 50000, (batch, text))
     mask = torch.ones_like(ids, dtype=torch.bool)
@@ -51,9 +62,9 @@ def mamba_run(model: VLMamba, batch: int, prompt: int, new: int, graph: bool = T
         config = GenerationConfig(max_new_tokens=n, cuda_graph=graph, check_every=10**9)
         return generate_tokens(model, ids, mask, pixels, has_image, config, (), 0, 50277)
 
-    first = time_cuda(lambda: run(1), warmup=1, repeats=3)["median_ms"]
+    first = time_cuda(lambda: run(1), warmup=1, repeats=REPEATS)["median_ms"]
     torch.cuda.reset_peak_memory_stats()
-    total = time_cuda(lambda: run(new), warmup=1, repeats=3)["median_ms"]
+    total = time_cuda(lambda: run(new), warmup=1, repeats=REPEATS)["median_ms"]
     return _row("VL-Mamba 2.8B" + ("" if graph else " (no graph)"), batch, prompt, new, first, total)
 
 
@@ -80,13 +91,13 @@ def neox_run(parts, batch: int, prompt: int, new: int, static: bool) -> dict:
 
     def run(n: int):
         visual = connector(encoder(pixels), encoder.grid)
-        embeds = torch.cat([visual, lm.gpt_neox.embed_in(ids)], dim=1)
+        embeds = torch.cat([visual, lm.get_input_embeddings()(ids)], dim=1)
         return lm.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], device="cuda"),
                            max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, **extra)
 
-    first = time_cuda(lambda: run(1), warmup=2 if static else 1, repeats=3)["median_ms"]
+    first = time_cuda(lambda: run(1), warmup=2 if static else 1, repeats=REPEATS)["median_ms"]
     torch.cuda.reset_peak_memory_stats()
-    total = time_cuda(lambda: run(new), warmup=2 if static else 1, repeats=3)["median_ms"]
+    total = time_cuda(lambda: run(new), warmup=1, repeats=REPEATS)["median_ms"]
     return _row("GPT-NeoX 2.8B " + ("static+compile" if static else "dynamic"), batch, prompt, new, first, total)
 
 
@@ -104,8 +115,13 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=256)
     parser.add_argument("--memory-batch", type=int, default=64)
     parser.add_argument("--models", nargs="+", default=["mamba", "neox", "neox-static"])
+    parser.add_argument("--neox-batches", type=int, nargs="+", default=None, help="default: --batches")
+    parser.add_argument("--neox-prompts", type=int, nargs="+", default=None, help="default: --prompts")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results/generation.json")
     args = parser.parse_args()
+    global REPEATS
+    REPEATS = args.repeats
     torch.manual_seed(0)
     bandwidth = copy_bandwidth()
     rows = []
@@ -117,6 +133,7 @@ def main() -> None:
             for batch in args.batches:
                 rows.append(mamba_run(model, batch, prompt, args.new) | {"floor_ms": floor_ms})
                 print(rows[-1], flush=True)
+                report("generation (partial)", rows, [], args.out, quiet=True)
         rows.append(mamba_run(model, args.memory_batch, args.prompts[0], args.new) | {"floor_ms": floor_ms})
         rows.append(mamba_run(model, 1, args.prompts[0], args.new, graph=False))
         del model
@@ -126,13 +143,14 @@ def main() -> None:
         if ("neox-static" if static else "neox") not in args.models:
             continue
         parts = build_neox()
-        for prompt in args.prompts:
-            for batch in args.batches:
+        for prompt in args.neox_prompts or args.prompts:
+            for batch in args.neox_batches or args.batches:
                 try:
                     rows.append(neox_run(parts, batch, prompt, args.new, static))
                 except torch.OutOfMemoryError:
                     rows.append({"model": "GPT-NeoX", "batch": batch, "prompt": prompt, "ttft_ms": "OOM"})
                 print(rows[-1], flush=True)
+                report("generation (partial)", rows, [], args.out, quiet=True)
         del parts
         gc.collect()
         torch.cuda.empty_cache()

@@ -59,9 +59,12 @@ def bench_conv(rows: list[dict], b: int, d: int, length: int, width: int) -> Non
     bias = torch.randn(d, device="cuda", requires_grad=True)
     err = rel_err(ops.causal_conv1d_fn(x, w, bias, "silu"), ops.causal_conv1d_ref(x.float(), w, bias, "silu"))
     grad = torch.randn_like(x)
-    for name, fn in (("ours", ops.causal_conv1d_fn), ("causal_conv1d", direct)):
-        fwd = time_cuda(lambda fn=fn: fn(x, w, bias, activation="silu"))
-        both = time_cuda(lambda fn=fn: torch.autograd.backward(fn(x, w, bias, activation="silu"), grad))
+    timings = {}
+    for name, fn in [("ours", ops.causal_conv1d_fn), ("causal_conv1d", direct)] * 2:  # interleaved, keep the last
+        fwd = time_cuda(lambda fn=fn: fn(x, w, bias, activation="silu"), repeats=50)
+        both = time_cuda(lambda fn=fn: torch.autograd.backward(fn(x, w, bias, activation="silu"), grad), repeats=50)
+        timings[name] = (fwd, both)
+    for name, (fwd, both) in timings.items():
         rows.append({"op": f"causal_conv1d B{b} D{d} L{length} W{width} bf16", "impl": name,
                      "fwd_ms": fwd["median_ms"], "fwd_bwd_ms": both["median_ms"], "rel_err_vs_ref": err})
 

@@ -51,13 +51,13 @@ class NeoXDecoder(nn.Module):
         self.config = config
 
     def embed(self, input_ids):
-        return self.lm.gpt_neox.embed_in(input_ids)
+        return self.lm.get_input_embeddings()(input_ids)
 
     def forward_hidden(self, inputs_embeds, states=None, mask=None):
         return self.lm.gpt_neox(inputs_embeds=inputs_embeds, use_cache=False).last_hidden_state
 
     def logits(self, hidden):
-        return self.lm.embed_out(hidden)
+        return self.lm.get_output_embeddings()(hidden)
 
 
 def build(kind: str, checkpointing: bool) -> VLMamba:
@@ -160,6 +160,7 @@ def main() -> None:
                     row = {"model": kind, "stage": stage, "seq": seq, "batch": "OOM"}
                 rows.append(row)
                 print(row, flush=True)
+                report("training step (partial)", rows, [], args.out, quiet=True)
     report("training step (bf16 autocast, fused AdamW, CUDA events, median of 5)", rows,
            ["model", "stage", "seq", "batch", "step_ms", "samples_s", "tokens_s", "MFU_%", "peak_GiB"], args.out)
 

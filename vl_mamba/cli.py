@@ -10,7 +10,9 @@ import importlib
 import sys
 
 # subcommand -> "module:function"; each function takes the remaining arguments and returns an exit code.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("data_modules.commands:main", "data tools: convert-llava, stats, synthetic"),
+}
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 

@@ -9,6 +9,7 @@ Finished sequences are tracked on the device; the host looks only every ``check_
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +43,8 @@ class GenerationConfig:
     """Tokens between checks (one host synchronisation each) for all-finished and stop strings."""
     seed: int | None = None
     """Seed of the sampling generator."""
+    prefill_tokens: int = 65536
+    """Most prompt tokens read in one pass; larger batches are read in slices to bound memory."""
 
 
 @dataclass
@@ -135,16 +138,18 @@ def generate_tokens(
         padding_side="left",
     )
     decoder = model.decoder
-    states = decoder.allocate_states(batch, device, inputs.embeds.dtype)
-    hidden = decoder.forward_hidden(inputs.embeds, states, inputs.mask)
-    logits = decoder.logits(hidden[:, -1])
+    step = None
+    if _use_graph(config, device) and config.max_new_tokens > 1:
+        states, step = _decode_graph(decoder, batch, device, inputs.embeds.dtype)
+    else:
+        states = decoder.allocate_states(batch, device, inputs.embeds.dtype)
+    logits = _prefill(decoder, inputs.embeds, inputs.mask, states, config.prefill_tokens)
 
     stop_ids = torch.tensor(sorted(set(stop_token_ids)), dtype=torch.long, device=device)
     generator = None
     if config.do_sample:
         generator = torch.Generator(device=device)
         generator.manual_seed(config.seed if config.seed is not None else torch.seed())
-    step = _graphed_step(decoder, states, batch, device) if _use_graph(config, device) else None
     out = torch.full((batch, config.max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     pad = torch.full((batch,), pad_token_id, dtype=torch.long, device=device)
@@ -162,6 +167,19 @@ def generate_tokens(
         if t + 1 < config.max_new_tokens:
             logits = step(token) if step is not None else decoder.step(decoder.embed(token), states)
     return out[:, :produced]
+
+
+def _prefill(decoder, embeds: Tensor, mask: Tensor, states: list, budget: int) -> Tensor:
+    """Read the prompts in batch slices of at most ``budget`` tokens; fill ``states``; last-position logits."""
+    batch, length = mask.shape
+    step = max(1, budget // max(length, 1))
+    logits = []
+    for start in range(0, batch, step):
+        rows = slice(start, min(batch, start + step))
+        views = [dataclasses.replace(s, conv=s.conv[rows], ssm=s.ssm[rows]) for s in states]
+        hidden = decoder.forward_hidden(embeds[rows], views, mask[rows])
+        logits.append(decoder.logits(hidden[:, -1]))
+    return torch.cat(logits)
 
 
 def _pick(logits: Tensor, allowed: int, config: GenerationConfig, generator: torch.Generator | None) -> Tensor:
@@ -202,10 +220,29 @@ def _use_graph(config: GenerationConfig, device: torch.device) -> bool:
     return config.cuda_graph and device.type == "cuda"
 
 
+_GRAPH_CACHE_SIZE = 4
+
+
+def _decode_graph(decoder, batch: int, device: torch.device, dtype: torch.dtype):
+    """The decode step for this batch size as a CUDA graph, with the state buffers it reads and writes.
+
+    Captured once and kept on the decoder (a few batch sizes at most). The key holds the weights' addresses,
+    so moving or casting the model captures anew instead of replaying over freed memory.
+    """
+    cache = decoder.__dict__.setdefault("_decode_graphs", {})
+    weights = tuple(p.data_ptr() for p in decoder.parameters())
+    key = (batch, dtype, str(device), hash(weights))
+    if key not in cache:
+        while len(cache) >= _GRAPH_CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        states = decoder.allocate_states(batch, device, dtype)
+        cache[key] = (states, _graphed_step(decoder, states, batch, device))
+    return cache[key]
+
+
 def _graphed_step(decoder, states, batch: int, device: torch.device):
     """Capture ``token -> logits`` (embedding and every layer's step) in a CUDA graph over fixed buffers."""
     static_token = torch.zeros(batch, dtype=torch.long, device=device)
-    saved = [(s.conv.clone(), s.ssm.clone()) for s in states]
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -215,9 +252,6 @@ def _graphed_step(decoder, states, batch: int, device: torch.device):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static_logits = decoder.step(decoder.embed(static_token), states)
-    for state, (conv, ssm) in zip(states, saved):  # the warm-up and capture advanced the states: undo
-        state.conv.copy_(conv)
-        state.ssm.copy_(ssm)
 
     def step(token: Tensor) -> Tensor:
         static_token.copy_(token)

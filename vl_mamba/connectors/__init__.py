@@ -2,7 +2,7 @@
 
 from vl_mamba.connectors.base import Connector
 from vl_mamba.connectors.mlp import MLPConnector
-from vl_mamba.connectors.scan_orders import SCAN_ORDERS, register_scan_order, scan, scan_permutations, unscan
+from vl_mamba.connectors.scan_orders import SCAN_ORDERS, merge, register_scan_order, scan, scan_permutations, unscan
 from vl_mamba.connectors.vss import VSS
 from vl_mamba.connectors.vss_connectors import VSSL2Connector, VSSMLPConnector
 
@@ -13,6 +13,7 @@ __all__ = [
     "MLPConnector",
     "VSSL2Connector",
     "VSSMLPConnector",
+    "merge",
     "register_scan_order",
     "scan",
     "scan_permutations",

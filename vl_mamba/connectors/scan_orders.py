@@ -58,11 +58,49 @@ def scan_permutations(name: str, rows: int, cols: int) -> Tensor:
 
 def scan(x: Tensor, perms: Tensor) -> Tensor:
     """Unroll: x (batch, C, L) in row-major patch order -> (batch, K, C, L) in each direction's order."""
-    return x[:, :, perms].transpose(1, 2)
+    return _Scan.apply(x, perms)
+
+
+def merge(ys: Tensor, perms: Tensor) -> Tensor:
+    """Roll back and sum: ys (batch, K, C, L) in scan order -> (batch, C, L) in row-major patch order."""
+    return _Merge.apply(ys, perms)
 
 
 def unscan(ys: Tensor, perms: Tensor) -> Tensor:
     """Roll back: ys (batch, K, C, L) in scan order -> (batch, K, C, L) in row-major patch order."""
-    inverse = torch.argsort(perms, dim=-1)
+    return _gather(ys, torch.argsort(perms, dim=-1))
+
+
+def _gather(ys: Tensor, index: Tensor) -> Tensor:
+    """out[:, k, :, i] = ys[:, k, :, index[k, i]]."""
     batch, k, c, length = ys.shape
-    return ys.gather(-1, inverse.view(1, k, 1, length).expand(batch, k, c, length))
+    return ys.gather(-1, index.view(1, k, 1, length).expand(batch, k, c, length))
+
+
+class _Scan(torch.autograd.Function):
+    """Gather by K permutations. Each direction visits every patch once, so the backward is a gather by the
+    inverse permutations and a sum over K, with no scatter and no atomic accumulation."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, perms: Tensor) -> Tensor:
+        ctx.save_for_backward(perms)
+        return x[:, :, perms].transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (perms,) = ctx.saved_tensors
+        return _gather(grad.contiguous(), torch.argsort(perms, dim=-1)).sum(1), None
+
+
+class _Merge(torch.autograd.Function):
+    """Inverse-permutation gather and sum over K; its backward is the scan of the gradient."""
+
+    @staticmethod
+    def forward(ctx, ys: Tensor, perms: Tensor) -> Tensor:
+        ctx.save_for_backward(perms)
+        return _gather(ys, torch.argsort(perms, dim=-1)).sum(1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (perms,) = ctx.saved_tensors
+        return grad[:, :, perms].transpose(1, 2), None

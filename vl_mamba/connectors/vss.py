@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vl_mamba.connectors.scan_orders import num_directions, scan, scan_permutations, unscan
+from vl_mamba.connectors.scan_orders import merge, num_directions, scan, scan_permutations
 from vl_mamba.decoders.mamba_block import init_dt_proj
 from vl_mamba.ops import selective_scan_fn
 
@@ -109,7 +109,7 @@ class VSS(nn.Module):
             delta_bias=self.dt_projs_bias.float().view(-1),
             delta_softplus=True,
         )
-        y = unscan(ys.view(batch, k, e, length), perms).sum(1)  # (batch, e, L)
+        y = merge(ys.view(batch, k, e, length), perms)  # (batch, e, L)
         y = self.out_norm(y.transpose(1, 2)) * F.silu(z)
         return self.out_proj(self.dropout(y))
 

@@ -101,7 +101,8 @@ class MambaConfig:
             d_conv=raw.get("conv_kernel", 4),
             expand=raw.get("expand", 2),
             dt_rank=None if rank == "auto" else rank,
-            pad_vocab_size_multiple=raw.get("pad_vocab_size_multiple", 8),
+            # transformers stores exactly vocab_size embedding rows (the *-hf conversions are already padded)
+            pad_vocab_size_multiple=raw.get("pad_vocab_size_multiple", 1),
             norm_epsilon=raw.get("layer_norm_epsilon", 1e-5),
             residual_in_fp32=raw.get("residual_in_fp32", True),
             tie_embeddings=raw.get("tie_word_embeddings", True),

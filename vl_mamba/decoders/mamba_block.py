@@ -34,6 +34,12 @@ class LayerState:
     """Last d_conv inputs of the convolution, (batch, d_inner, d_conv)."""
     ssm: Tensor
     """SSM state, (batch, d_inner, d_state), float32."""
+    A: Tensor | None = None
+    """-exp(A_log) in float32, (d_inner, d_state): refreshed by every prefill, read by every step."""
+    D: Tensor | None = None
+    """D in float32, (d_inner,)."""
+    dt_bias: Tensor | None = None
+    """dt_proj.bias in float32, (d_inner,)."""
 
 
 class RMSNorm(nn.Module):
@@ -103,7 +109,18 @@ class MambaMixer(nn.Module):
         if state is not None:
             out, last = out
             state.ssm.copy_(last)
+            self._store_constants(state, A)
         return self.out_proj(out.transpose(1, 2))
+
+    def _store_constants(self, state: LayerState, A: Tensor) -> None:
+        """Float32 copies of the step's parameter-derived constants, computed once per prompt, not per token."""
+        with torch.no_grad():
+            for name, value in (("A", A), ("D", self.D.float()), ("dt_bias", self.dt_proj.bias.float())):
+                buffer = getattr(state, name)
+                if buffer is None:
+                    setattr(state, name, value.detach().clone())
+                else:
+                    buffer.copy_(value)
 
     def step(self, hidden: Tensor, state: LayerState) -> Tensor:
         """One token: hidden (batch, d_model) -> (batch, d_model); ``state`` advances in place."""
@@ -111,18 +128,19 @@ class MambaMixer(nn.Module):
         x = causal_conv1d_update(x, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
         dt, B, C = F.linear(x, self.x_proj.weight).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)
-        A = -torch.exp(self.A_log.float())
-        y = selective_state_update(
-            state.ssm, x, dt, A, B, C, self.D.float(), z, dt_bias=self.dt_proj.bias.float(), dt_softplus=True
-        )
+        if state.A is None:
+            self._store_constants(state, -torch.exp(self.A_log.float()))
+        y = selective_state_update(state.ssm, x, dt, state.A, B, C, state.D, z, dt_bias=state.dt_bias, dt_softplus=True)
         return self.out_proj(y)
 
     def allocate_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> LayerState:
         e = self.in_proj.out_features // 2
-        return LayerState(
+        state = LayerState(
             conv=torch.zeros(batch, e, self.d_conv, device=device, dtype=dtype),
             ssm=torch.zeros(batch, e, self.d_state, device=device, dtype=torch.float32),
         )
+        self._store_constants(state, -torch.exp(self.A_log.float()))
+        return state
 
 
 class MambaBlock(nn.Module):

@@ -61,10 +61,12 @@ def mamba_inner_fn(
     if xz.is_cuda and xz.dtype != torch.float64:
         kernel = _cuda_inner()
         if kernel is not None:
-            return kernel(
-                xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias,
+            # The bias is added outside: mamba_ssm 2.3's fused backward returns an empty gradient for it.
+            out = kernel(
+                xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, None,
                 A, None, None, D, delta_bias=delta_bias, delta_softplus=True,
             )
+            return out if out_proj_bias is None else out + out_proj_bias
     return mamba_inner_ref(
         xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias, A, D,
         delta_bias,

@@ -111,7 +111,10 @@ def selective_scan_torch(
     delta_softplus: bool = False,
     return_last_state: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """The chunked PyTorch selective scan; arguments and result as ``selective_scan_fn``."""
+    """The tiled PyTorch selective scan (``_SelectiveScan``); arguments and result as ``selective_scan_fn``.
+
+    As in the reference, gradients also flow back from the last state (mamba_ssm's kernel ignores them).
+    """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     y, last = _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return (y, last) if return_last_state else y
@@ -184,7 +187,9 @@ def selective_state_update(
     Returns:
         y: (batch, dim), with x's dtype.
     """
-    if _kernel_ok(state, x, dt, A, B, C, D, z, dt_bias) and B.dim() == 2:
+    # mamba_ssm 2.3's Triton kernel fails without D (it unpacks D's strides unconditionally): the reference
+    # handles that case.
+    if _kernel_ok(state, x, dt, A, B, C, D, z, dt_bias) and B.dim() == 2 and D is not None:
         kernel = _cuda_state_update()
         if kernel is not None:
             return kernel(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
@@ -228,7 +233,8 @@ def selective_state_update_ref(
 def linear_scan(a: Tensor, b: Tensor, reverse: bool = False) -> Tensor:
     """All states of ``h_t = a_t * h_{t-1} + b_t`` with ``h_{-1} = 0``, time on the first dimension.
 
-    With ``reverse=True`` the recurrence runs backwards: ``h_t = a_t * h_{t+1} + b_t``.
+    With ``reverse=True`` the recurrence runs backwards: ``h_t = a_t * h_{t+1} + b_t``. One in-place
+    ``addcmul_`` per step on contiguous time slices; not differentiable.
 
     Args:
         a: decays, (L, ...).
@@ -237,49 +243,13 @@ def linear_scan(a: Tensor, b: Tensor, reverse: bool = False) -> Tensor:
     Returns:
         h: (L, ...), a new tensor.
     """
-    length = a.shape[0]
-    size, chunks = chunking(length)
-    pad = size * chunks - length
-    a = torch.cat([a, a.new_zeros(pad, *a.shape[1:])])
-    h = torch.cat([b, b.new_zeros(pad, *b.shape[1:])])
-    linear_scan_(a, h, size, reverse)
-    return h[:length]
-
-
-def chunking(length: int) -> tuple[int, int]:
-    """(chunk size, number of chunks) for ``linear_scan_``: about sqrt(L) of each."""
-    size = max(1, math.isqrt(max(length, 1) - 1) + 1)
-    return size, max(1, -(-length // size))
-
-
-def linear_scan_(a: Tensor, b: Tensor, size: int, reverse: bool = False) -> None:
-    """``linear_scan`` in place: ``b`` becomes ``h``. Both are contiguous with a length divisible by ``size``.
-
-    The sequence is cut into chunks of ``size`` steps. One loop over the steps of a chunk scans every chunk at
-    once from a zero start; a loop over chunks carries the state across chunk borders (each chunk's total decay
-    is a product of its decays); a last loop over the steps of a chunk adds the carried state, decayed. Only
-    products of decays are formed, so nothing can overflow, whatever the decays' range. Not differentiable.
-    """
-    length = b.shape[0]
-    if length == 0:
-        return
-    chunks = length // size
-    a = a.view(chunks, size, -1)
-    h = b.view(chunks, size, -1)
-    steps = range(size - 1, -1, -1) if reverse else range(size)
-    for prev, t in zip(steps, steps[1:]):
-        h[:, t].addcmul_(a[:, t], h[:, prev])
-    if chunks == 1:
-        return
-    total = a.prod(1)
-    carry_in = torch.empty_like(total)
-    carry = torch.zeros_like(total[0])
-    for c in range(chunks - 1, -1, -1) if reverse else range(chunks):
-        carry_in[c] = carry
-        carry = torch.addcmul(h[c, steps[-1]], total[c], carry)
+    h = b.contiguous().clone()
+    a_rows, h_rows = a.unbind(0), h.unbind(0)
+    steps = range(len(h_rows) - 2, -1, -1) if reverse else range(1, len(h_rows))
     for t in steps:
-        carry_in.mul_(a[:, t])
-        h[:, t].add_(carry_in)
+        prev = t + 1 if reverse else t - 1
+        h_rows[t].addcmul_(a_rows[t], h_rows[prev])
+    return h
 
 
 _TILE_ELEMENTS = 1 << 19
@@ -299,84 +269,93 @@ class _SelectiveScan(torch.autograd.Function):
     forward keeps only the state at the start of each tile; the backward walks the tiles in reverse,
     recomputes each tile's decays and states from its start state, and runs the adjoint recurrence
     ``G_t = C_t g_t + decay_{t+1} G_{t+1}`` through it. Decays are ``exp(dt * A)`` of one step, at most 1 for
-    a stable A, and only ever multiplied: nothing can overflow, whatever ``dt * |A|``.
+    a stable A, and only ever multiplied: nothing can overflow, whatever ``dt * |A|``. The time steps, the
+    inputs ``dt * u`` (time-major) and the packed B and C are kept from the forward for the backward: a few
+    tensors of the size of u, against the (L, batch, dim, N) states and decays, which are never stored whole.
     """
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        ops = _Operands(u, delta, A, B, C, delta_bias, delta_softplus)
+        cdt = _compute_dtype(u)
         batch, dim, length = u.shape
-        grad_needed = any(ctx.needs_input_grad[:8])
-        bounds = ops.tile_bounds()
-        decay, h = ops.buffers(2)
-        starts = ops.dt.new_empty(len(bounds) if grad_needed else 0, *h.shape[1:])
-        y = ops.dt.new_empty(length, *ops.dtu.shape[1:])  # (L, b, G, 1, dg)
-        h[0].zero_()
-        steps = 0
-        for c, (t0, t1) in enumerate(bounds):
-            if c:
-                h[0].copy_(h[steps])
-            if grad_needed:
-                starts[c].copy_(h[0])
-            steps = ops.scan_tile(t0, t1, decay, h)
-            torch.matmul(ops.C[t0:t1].transpose(-1, -2), h[1 : steps + 1], out=y[t0:t1])
-        last = h[steps].transpose(-1, -2).reshape(batch, dim, A.shape[1])
+        pre, dt = _time_steps(delta, delta_bias, delta_softplus, cdt)  # (b, d, L)
+        uf = u.to(cdt)
+        tiles = _Tiles(_time_major(dt), _time_major(dt * uf), A, _pack_bc(B, cdt), _pack_bc(C, cdt))
+        decay, h = tiles.buffer(), tiles.buffer()
+        decay_rows, h_rows = decay.unbind(0), h.unbind(0)
+        # The state before each tile: all of them when a backward will follow, else the current one only.
+        keep = any(ctx.needs_input_grad[:8])
+        starts = h.new_empty(max(1, len(tiles.bounds)) if keep else 1, *h.shape[1:])
+        starts[0].zero_()
+        y = h.new_empty(length, *tiles.dtu.shape[1:])  # (L, b, G, 1, dg)
+        last = starts[0]
+        for c, (t0, t1) in enumerate(tiles.bounds):
+            steps = tiles.scan(t0, t1, starts[c if keep else 0], decay, h, decay_rows, h_rows)
+            torch.matmul(tiles.C[t0:t1].transpose(-1, -2), h[:steps], out=y[t0:t1])
+            last = h[steps - 1]
+            if c + 1 < len(tiles.bounds):
+                starts[c + 1 if keep else 0].copy_(last)
+        last = last.transpose(-1, -2).reshape(batch, dim, A.shape[1])
         y = _batch_major(y.view(length, batch, dim))
         if D is not None:
-            y.addcmul_(ops.u, D.to(ops.dtype)[:, None])
-        out = y if z is None else y * F.silu(z.to(ops.dtype))
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, starts, None if z is None else y)
+            y.addcmul_(uf, D.to(cdt)[:, None])
+        out = y if z is None else y * F.silu(z.to(cdt))
+        ctx.save_for_backward(
+            u, delta, A, B, C, D, z, delta_bias, pre, dt, tiles.dt, tiles.dtu, tiles.B, tiles.C, starts,
+            None if z is None else y,
+        )
         ctx.delta_softplus = delta_softplus
         ctx.set_materialize_grads(False)
         return out.to(u.dtype), last
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):
-        u, delta, A, B, C, D, z, delta_bias, starts, y = ctx.saved_tensors
-        ops = _Operands(u, delta, A, B, C, delta_bias, ctx.delta_softplus)
-        cdt = ops.dtype
+        u, delta, A, B, C, D, z, delta_bias, pre, dt, dt_t, dtu_t, B_t, C_t, starts, y = ctx.saved_tensors
+        cdt = dt.dtype
         batch, dim, length = u.shape
-        g = ops.u.new_zeros(u.shape) if grad_out is None else grad_out.to(cdt)  # (b, d, L)
+        uf = u.to(cdt)
+        tiles = _Tiles(dt_t, dtu_t, A, B_t, C_t)
+        g = uf.new_zeros(u.shape) if grad_out is None else grad_out.to(cdt)  # (b, d, L)
         grad_z = None
         if z is not None:
             zf = z.to(cdt)
-            sig = torch.sigmoid(zf)
-            grad_z = (g * y * sig * (1 + zf * (1 - sig))).to(z.dtype)
+            grad_z = torch.ops.aten.silu_backward(g * y, zf).to(z.dtype)
             g = g * F.silu(zf)
-        grad_D = None if D is None else (g * ops.u).sum((0, 2)).to(D.dtype)
-        g_t = _time_major(g).view(ops.dtu.shape)  # (L, b, G, 1, dg)
-        decay, h, adj = ops.buffers(3)  # adj: adjoints of the states
-        decay_rows, adj_rows = decay.unbind(0), adj.unbind(0)
+        grad_D = None if D is None else (g * uf).sum((0, 2)).to(D.dtype)
+        g_t = _time_major(g).view(dtu_t.shape)  # (L, b, G, 1, dg)
+        decay, h, adj = tiles.buffer(), tiles.buffer(), tiles.buffer()  # adj: adjoints of the states
+        decay_rows, h_rows, adj_rows = decay.unbind(0), h.unbind(0), adj.unbind(0)
         carry = h.new_zeros(h.shape[1:])  # decay_{t1} * G_{t1} from the tile after this one: (b, G, N, dg)
         if grad_last is not None:
             groups, n = carry.shape[1:3]
             carry.copy_(grad_last.to(cdt).reshape(batch, groups, -1, n).transpose(-1, -2))
-        grad_B, grad_C = torch.empty_like(ops.B), torch.empty_like(ops.C)  # (L, b, G, N, 1)
-        grad_dtu, grad_dtA = torch.empty_like(ops.dtu), torch.empty_like(ops.dtu)  # (L, b, G, 1, dg)
-        grad_A = torch.zeros_like(ops.A)  # (G, N, dg)
-        for c, (t0, t1) in reversed(list(enumerate(ops.tile_bounds()))):
-            h[0].copy_(starts[c])
-            steps = ops.scan_tile(t0, t1, decay, h)
+        grad_B, grad_C = torch.empty_like(B_t), torch.empty_like(C_t)  # (L, b, G, N, 1)
+        grad_dtu, grad_dtA = torch.empty_like(dtu_t), torch.empty_like(dtu_t)  # (L, b, G, 1, dg)
+        grad_A = torch.zeros_like(tiles.A)  # (G, N, dg)
+        for c, (t0, t1) in reversed(list(enumerate(tiles.bounds))):
+            steps = tiles.scan(t0, t1, starts[c], decay, h, decay_rows, h_rows)
             G = adj[:steps]
-            torch.mul(g_t[t0:t1], ops.C[t0:t1], out=G)
+            torch.mul(g_t[t0:t1], C_t[t0:t1], out=G)
             adj_rows[steps - 1].add_(carry)
-            for t in range(steps - 2, -1, -1):
-                adj_rows[t].addcmul_(decay_rows[t + 1], adj_rows[t + 1])
+            for t in range(steps - 1, 0, -1):
+                adj_rows[t - 1].addcmul_(decay_rows[t], adj_rows[t])
             torch.mul(decay_rows[0], adj_rows[0], out=carry)
             # h_t = decay_t * h_{t-1} + dtu_t * B_t and y_t = C_t . h_t
-            torch.matmul(h[1 : steps + 1], g_t[t0:t1].transpose(-1, -2), out=grad_C[t0:t1])
-            torch.matmul(G, ops.dtu[t0:t1].transpose(-1, -2), out=grad_B[t0:t1])
-            torch.matmul(ops.B[t0:t1].transpose(-1, -2), G, out=grad_dtu[t0:t1])
-            G.mul_(h[:steps]).mul_(decay[:steps])  # now the adjoint of dt * A
-            grad_A.add_(torch.mul(G, ops.dt_t[t0:t1], out=decay[:steps]).sum((0, 1)))
-            torch.sum(G.mul_(ops.A), -2, keepdim=True, out=grad_dtA[t0:t1])
+            torch.matmul(h[:steps], g_t[t0:t1].transpose(-1, -2), out=grad_C[t0:t1])
+            torch.matmul(G, dtu_t[t0:t1].transpose(-1, -2), out=grad_B[t0:t1])
+            torch.matmul(B_t[t0:t1].transpose(-1, -2), G, out=grad_dtu[t0:t1])
+            G[1:].mul_(h[: steps - 1])  # times the state before each step: now the adjoint of the decays
+            G[0].mul_(starts[c])
+            G.mul_(decay[:steps])  # now the adjoint of dt * A
+            grad_A.add_(torch.mul(G, dt_t[t0:t1], out=decay[:steps]).sum((0, 1)))
+            torch.sum(G.mul_(tiles.A), -2, keepdim=True, out=grad_dtA[t0:t1])
         grad_dtu = _batch_major(grad_dtu.view(length, batch, dim))
-        grad_dt = _batch_major(grad_dtA.view(length, batch, dim)).addcmul_(grad_dtu, ops.u)
-        grad_u = grad_dtu.mul_(ops.dt)
+        grad_dt = _batch_major(grad_dtA.view(length, batch, dim)).addcmul_(grad_dtu, uf)
+        grad_u = grad_dtu.mul_(dt)
         if D is not None:
             grad_u.addcmul_(g, D.to(cdt)[:, None])
         if ctx.delta_softplus:
-            grad_dt = torch.ops.aten.softplus_backward(grad_dt, ops.pre, 1.0, 20.0)
+            grad_dt = torch.ops.aten.softplus_backward(grad_dt, pre, 1.0, 20.0)
         grad_delta_bias = None if delta_bias is None else grad_dt.sum((0, 2)).to(delta_bias.dtype)
         return (
             grad_u.to(u.dtype),
@@ -391,54 +370,54 @@ class _SelectiveScan(torch.autograd.Function):
         )
 
 
-class _Operands:
-    """The scan's operands in the compute dtype, in ``_SelectiveScan``'s layouts, and the work on one tile.
+class _Tiles:
+    """The scan's operands in the tile layout, and the work on one tile, shared by forward and backward.
 
-    Attributes:
-        pre, dt: time steps before and after softplus, (batch, dim, L).
-        u: (batch, dim, L).
-        dt_t, dtu: dt and dt * u, time-major, (L, batch, G, 1, dim / G).
-        A: (G, N, dim / G).
+    Args:
+        dt: time steps, time-major, (L, batch, dim) or already (L, batch, G, 1, dim / G).
+        dtu: dt * u, same shape.
+        A: (dim, N).
         B, C: (L, batch, G, N, 1).
     """
 
-    def __init__(self, u, delta, A, B, C, delta_bias, delta_softplus) -> None:
-        self.dtype = cdt = _compute_dtype(u)
-        batch, dim, length = u.shape
-        self.B, self.C = _pack_bc(B, cdt), _pack_bc(C, cdt)
-        groups, n = self.B.shape[2], A.shape[1]
-        self.pre = delta.to(cdt)
-        if delta_bias is not None:
-            self.pre = self.pre + delta_bias.to(cdt)[:, None]
-        self.dt = F.softplus(self.pre) if delta_softplus else self.pre
-        self.u = u.to(cdt)
+    def __init__(self, dt: Tensor, dtu: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
+        length, batch = dt.shape[:2]
+        groups, n = B.shape[2:4]
+        dim = A.shape[0]
         shape = (length, batch, groups, 1, dim // groups)
-        self.dt_t = _time_major(self.dt).view(shape)
-        self.dtu = _time_major(self.dt * self.u).view(shape)
-        self.A = A.to(cdt).view(groups, dim // groups, n).transpose(1, 2).contiguous()
+        self.dt, self.dtu, self.B, self.C = dt.view(shape), dtu.view(shape), B, C
+        self.A = A.to(dt.dtype).view(groups, dim // groups, n).transpose(1, 2).contiguous()  # (G, N, dg)
+        # Decays as exp2(dt * A * log2(e)), as mamba_ssm's kernel computes them: exp2 is about twice as fast as
+        # exp here, for one more rounding in the exponent (a relative error below |dt * A| * 2^-24).
+        self.A_log2e = self.A * (1 / math.log(2))
         self.steps = max(1, min(length, _TILE_ELEMENTS // max(1, batch * dim * n)))
+        self.bounds = [(t0, min(length, t0 + self.steps)) for t0 in range(0, length, self.steps)]
 
-    def tile_bounds(self) -> list[tuple[int, int]]:
-        length = self.dtu.shape[0]
-        return [(t0, min(length, t0 + self.steps)) for t0 in range(0, length, self.steps)]
+    def buffer(self) -> Tensor:
+        """A work buffer, (steps, batch, G, N, dim / G)."""
+        _, batch, groups, _, dg = self.dt.shape
+        return self.dt.new_empty(self.steps, batch, groups, self.A.shape[1], dg)
 
-    def buffers(self, count: int) -> list[Tensor]:
-        """``count`` tile buffers (steps, batch, G, N, dim / G); the second has one more row, for the state
-        before the tile."""
-        _, batch, groups, _, dg = self.dtu.shape
-        shape = (batch, groups, self.A.shape[1], dg)
-        return [self.dt.new_empty(self.steps + (i == 1), *shape) for i in range(count)]
-
-    def scan_tile(self, t0: int, t1: int, decay: Tensor, h: Tensor) -> int:
-        """Fill ``decay[:m]`` and ``h[1 : m + 1]`` (m = t1 - t0) for steps t0..t1-1; ``h[0]`` holds the state
-        before step t0. Returns m."""
+    def scan(
+        self, t0: int, t1: int, start: Tensor, decay: Tensor, h: Tensor, decay_rows: tuple, h_rows: tuple
+    ) -> int:
+        """Fill ``decay[:m]`` and the states ``h[:m]`` (m = t1 - t0) of steps t0..t1-1, from ``start``, the state
+        before step t0, (batch, G, N, dim / G); ``*_rows`` are the buffers' ``unbind(0)``. Returns m."""
         steps = t1 - t0
-        torch.mul(self.dt_t[t0:t1], self.A, out=decay[:steps]).exp_()
-        torch.mul(self.dtu[t0:t1], self.B[t0:t1], out=h[1 : steps + 1])
-        decay_rows, h_rows = decay.unbind(0), h.unbind(0)
-        for t in range(steps):
-            h_rows[t + 1].addcmul_(decay_rows[t], h_rows[t])
+        torch.mul(self.dt[t0:t1], self.A_log2e, out=decay[:steps]).exp2_()
+        torch.mul(self.dtu[t0:t1], self.B[t0:t1], out=h[:steps])
+        h_rows[0].addcmul_(decay_rows[0], start)
+        for dst, a, src in zip(h_rows[1:steps], decay_rows[1:], h_rows):
+            dst.addcmul_(a, src)
         return steps
+
+
+def _time_steps(delta: Tensor, bias: Tensor | None, softplus: bool, cdt: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(pre-activation, dt), both (b, d, L) in the compute dtype."""
+    pre = delta.to(cdt)
+    if bias is not None:
+        pre = pre + bias.to(cdt)[:, None]
+    return pre, (F.softplus(pre) if softplus else pre)
 
 
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:

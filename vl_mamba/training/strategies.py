@@ -52,3 +52,16 @@ class VLMambaFSDPStrategy(FSDPStrategy):
         if classes and self.checkpoint_blocks:
             self._activation_checkpointing_kwargs = {"check_fn": lambda module: isinstance(module, classes)}
         return super()._setup_model(model)
+
+
+def register() -> None:
+    """Make ``--trainer.strategy=vl_mamba_fsdp`` name this strategy (class paths work too)."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    if "vl_mamba_fsdp" not in StrategyRegistry:
+        StrategyRegistry.register(
+            "vl_mamba_fsdp", VLMambaFSDPStrategy, description="FSDP with per-block wrapping of VL-Mamba"
+        )
+
+
+register()
