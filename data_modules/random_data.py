@@ -38,6 +38,7 @@ class RandomDataModule(pl.LightningDataModule):
         tokenizer: tokenizer path or hub id (linked from the model).
         image_config: the encoder's data config (linked from the model); gives the image size.
         num_visual_tokens: linked from the model; unused here, accepted for the common interface.
+        template: linked from the model; unused here (the batches are random ids).
         batch_size: samples per batch.
         text_length: text tokens per sample, the placeholder included.
         num_batches: batches per epoch (the same batches every epoch).
@@ -52,6 +53,7 @@ class RandomDataModule(pl.LightningDataModule):
         tokenizer: str = "EleutherAI/gpt-neox-20b",
         image_config: dict | None = None,
         num_visual_tokens: int = 0,
+        template: str = "vicuna_v1",
         batch_size: int = 4,
         text_length: int = 32,
         num_batches: int = 8,

@@ -50,6 +50,12 @@ class ConversationTemplate:
 TEMPLATES: dict[str, ConversationTemplate] = {}
 
 
+def generation_prompt(template: ConversationTemplate, question: str, has_image: bool) -> str:
+    """The text that precedes the answer in a one-turn conversation: what a model is given to answer."""
+    text, _ = next(template.segments([(question, "")], has_image))
+    return text
+
+
 def register_template(name: str, template: ConversationTemplate) -> ConversationTemplate:
     """Make ``template`` available to configs as ``template: <name>``."""
     TEMPLATES[name] = template
@@ -64,6 +70,7 @@ def get_template(name: str) -> ConversationTemplate:
 
 
 register_template("plain", ConversationTemplate(image=IMAGE_TOKEN, keep_questions=False))
+register_template("chat", ConversationTemplate(user="USER: {message} ASSISTANT:", answer=" {message}"))
 register_template(
     "vicuna_v1",
     ConversationTemplate(

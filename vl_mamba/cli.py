@@ -12,6 +12,10 @@ import sys
 # subcommand -> "module:function"; each function takes the remaining arguments and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("data_modules.commands:main", "data tools: convert-llava, stats, synthetic"),
+    "chat": ("vl_mamba.commands.chat:main", "ask a trained model about an image"),
+    "eval": ("vl_mamba.commands.evaluate:main", "score a trained model on VQA benchmarks"),
+    "sweep": ("vl_mamba.sweeps.command:main", "run a grid of trials (configs/sweeps/*.yaml), collect results"),
+    "plot": ("vl_mamba.plotting.command:main", "training curves and benchmark tables of a run folder as PNGs"),
 }
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")

@@ -5,12 +5,18 @@ added as a special token. GPT-NeoX-20B's, which the Mamba LMs use, is the defaul
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
 
 IMAGE_TOKEN = "<image>"
+
+# ``builtin:<name>`` tokenizers: built by code, not read from a file ("module:function" returning a Tokenizer).
+BUILTIN_TOKENIZERS: dict[str, str] = {
+    "synthetic-shapes": "data_modules.synthetic_module:shapes_tokenizer",
+}
 
 
 class TextTokenizer:
@@ -35,9 +41,16 @@ class TextTokenizer:
 
     @classmethod
     def load(cls, name_or_path: str | Path | Any, **kwargs) -> TextTokenizer:
-        """From a tokenizer.json file, a directory holding one, a hub id, or a transformers fast tokenizer."""
+        """From a tokenizer.json file, a directory holding one, a hub id, ``builtin:<name>``, or a transformers
+        fast tokenizer."""
         if isinstance(name_or_path, TextTokenizer):
             return name_or_path
+        if isinstance(name_or_path, str) and name_or_path.startswith("builtin:"):
+            name = name_or_path.removeprefix("builtin:")
+            if name not in BUILTIN_TOKENIZERS:
+                raise ValueError(f"unknown built-in tokenizer {name!r}; known: {sorted(BUILTIN_TOKENIZERS)}")
+            module, function = BUILTIN_TOKENIZERS[name].split(":")
+            return cls(getattr(importlib.import_module(module), function)(), **kwargs)
         if hasattr(name_or_path, "backend_tokenizer"):  # transformers PreTrainedTokenizerFast
             return cls(Tokenizer.from_str(name_or_path.backend_tokenizer.to_str()), **kwargs)
         path = Path(str(name_or_path)).expanduser()

@@ -20,7 +20,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from vl_mamba.training.lit_module import VLMambaLitModule
 
-ARCHITECTURE_KEYS = ("encoder", "connector", "decoder", "tokenizer")
+ARCHITECTURE_KEYS = ("encoder", "connector", "decoder", "tokenizer", "template")
 
 
 class VLMambaCLI(LightningCLI):
@@ -47,6 +47,7 @@ class VLMambaCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.tokenizer", "data.init_args.tokenizer")
+        parser.link_arguments("model.template", "data.init_args.template")
         parser.link_arguments(
             "model", "data.init_args.image_config", compute_fn=_image_config, apply_on="instantiate"
         )

@@ -39,6 +39,8 @@ class VLMambaLitModule(pl.LightningModule):
         connector: multimodal connector (``MLPConnector``, ``VSSMLPConnector``, ``VSSL2Connector``).
         decoder: language model (``vl_mamba.decoders.MambaDecoder``).
         tokenizer: tokenizer.json path, directory or hub id; linked to the data module.
+        template: conversation template (``plain``, ``vicuna_v1``, ...); linked to the data module, and used to
+            prompt the model in evaluation and chat.
         stage: ``align`` (connector), ``finetune`` (connector + LM), ``full``, or a list of parts/prefixes.
         lr: peak learning rate.
         encoder_lr: learning rate of the encoder when it trains (default: lr).
@@ -58,6 +60,7 @@ class VLMambaLitModule(pl.LightningModule):
         connector: Connector,
         decoder: LanguageDecoder,
         tokenizer: str = "EleutherAI/gpt-neox-20b",
+        template: str = "vicuna_v1",
         stage: str | list[str] = "align",
         lr: float = 1e-3,
         encoder_lr: float | None = None,

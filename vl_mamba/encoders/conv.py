@@ -1,0 +1,76 @@
+"""``ConvEncoder``: a small convolutional encoder trained from scratch, for the built-in demo and tests.
+
+A stack of stride-2 3x3 convolutions turns an image into a grid of patch features, with a learned position
+embedding per grid cell; it offers the same interface as the pretrained ViT encoders, so the rest of the model
+does not know the difference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vl_mamba.encoders.base import VisionEncoder
+
+
+class ConvBlock(nn.Module):
+    """3x3 conv (stride 2) -> GroupNorm -> GELU -> 3x3 conv -> GroupNorm -> GELU."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1),
+            nn.GroupNorm(8, out_channels),
+            nn.GELU(),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            nn.GroupNorm(8, out_channels),
+            nn.GELU(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+class ConvEncoder(VisionEncoder):
+    """Images (batch, 3, S, S) -> (batch, (S / 2^k)^2, width) with k = len(channels).
+
+    Args:
+        img_size: input side in pixels.
+        channels: output channels of each stride-2 block; the last is the feature width.
+        frozen: start with frozen weights (a from-scratch encoder usually trains: stage ``full``).
+    """
+
+    def __init__(self, img_size: int = 64, channels: tuple[int, ...] = (32, 64, 128), frozen: bool = False) -> None:
+        super().__init__()
+        if img_size % 2 ** len(channels):
+            raise ValueError(f"img_size {img_size} is not divisible by 2^{len(channels)}")
+        widths = (3, *channels)
+        self.blocks = nn.ModuleList(ConvBlock(a, b) for a, b in zip(widths, widths[1:]))
+        side = img_size // 2 ** len(channels)
+        self.grid = (side, side)
+        self.embed_dim = channels[-1]
+        self.img_size = img_size
+        self.position = nn.Parameter(torch.zeros(1, side * side, self.embed_dim))
+        nn.init.normal_(self.position, std=0.02)
+        self.requires_grad_(not frozen)
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        return {
+            "input_size": (3, self.img_size, self.img_size),
+            "mean": (0.5, 0.5, 0.5),
+            "std": (0.5, 0.5, 0.5),
+            "interpolation": "bilinear",
+        }
+
+    @property
+    def block_class(self) -> type[nn.Module]:
+        return ConvBlock
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        x = pixel_values
+        for block in self.blocks:
+            x = block(x)
+        return x.flatten(2).transpose(1, 2) + self.position
