@@ -1,10 +1,12 @@
-"""``ResumableLoader``: makes a deterministic data loader resume mid-epoch where it stopped.
+"""``ResumableLoader``: makes a deterministic training loader resume mid-epoch where it stopped.
 
 Lightning saves the ``state_dict`` of a training loader that has one, and hands it back on ``fit --ckpt_path``.
-This wrapper records the epoch and how many batches of it were consumed; after a restore, the next
-iteration replays that epoch's stream (the wrapped loader must produce the same stream for the same epoch:
-seeded by epoch, rank and worker) and drops the batches already trained on. The resumed run therefore sees
-exactly the batches that an uninterrupted run would have seen.
+This wrapper records how many batches of the current epoch were consumed; after a restore, the next
+iteration replays the epoch's stream and drops the batches already trained on. The wrapped loader must
+produce the same stream for the same epoch (seeded by epoch, rank and worker, the epoch set through its
+``sampler.set_epoch`` or ``set_epoch``, which Lightning calls and this wrapper passes on). The resumed run
+therefore sees exactly the batches an uninterrupted run would have seen; replaying costs the time to read
+the skipped batches once.
 """
 
 from __future__ import annotations
@@ -14,55 +16,35 @@ from typing import Any
 
 
 class ResumableLoader:
-    """Wrap ``loader``; ``set_epoch`` is forwarded to the loader or its dataset when they have it.
+    """Wrap ``loader``; other attributes (``sampler``, ``dataset``, ...) are the wrapped loader's.
 
     Args:
         loader: an iterable of batches, deterministic for a given epoch.
-        length: batches per epoch, when ``len(loader)`` is not defined.
     """
 
-    def __init__(self, loader: Iterable, length: int | None = None) -> None:
+    def __init__(self, loader: Iterable) -> None:
         self.loader = loader
-        self.length = length
-        self.epoch = 0
         self.consumed = 0
         self._skip = 0
-        self._restored = False
 
     def __len__(self) -> int:
-        return self.length if self.length is not None else len(self.loader)
+        return len(self.loader)
 
-    def __getattr__(self, name: str) -> Any:  # dataset, batch_size, num_workers... for Lightning's inspections
+    def __getattr__(self, name: str) -> Any:  # sampler, dataset, set_epoch... for Lightning's inspections
         if name == "loader":
             raise AttributeError(name)
         return getattr(self.loader, name)
 
     def __iter__(self) -> Iterator:
-        if self._restored:
-            self._restored = False
-        elif self.consumed:
-            self.epoch += 1
-        self._set_epoch(self.epoch)
         skip, self._skip = self._skip, 0
         self.consumed = 0
         for index, batch in enumerate(self.loader):
-            if index < skip:
-                self.consumed += 1
-                continue
-            self.consumed += 1
-            yield batch
-
-    def _set_epoch(self, epoch: int) -> None:
-        for target in (self.loader, getattr(self.loader, "dataset", None)):
-            if target is not None and hasattr(target, "set_epoch"):
-                target.set_epoch(epoch)
-                return
+            self.consumed = index + 1
+            if index >= skip:
+                yield batch
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed}
+        return {"consumed": self.consumed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch = int(state["epoch"])
-        self._skip = int(state["consumed"])
-        self.consumed = self._skip
-        self._restored = True
+        self._skip = self.consumed = int(state["consumed"])

@@ -32,6 +32,7 @@ from lightning.pytorch import LightningDataModule
 from data_modules.encoding import SampleEncoder, SampleParser
 from data_modules.loader import ShardLoader
 from data_modules.pipeline import ShardDataset
+from data_modules.resumable import ResumableLoader
 from data_modules.shards import ShardSource, count_samples, parse_sources
 from data_modules.templates import get_template
 from vl_mamba.encoders import ImageTransform
@@ -182,10 +183,11 @@ class WebDatasetDataModule(LightningDataModule):
             length = f"{self.val_batches} batches per rank" if self.val_batches else "one pass"
             log.info("validation data: %s, %s", _describe(sources), length)
 
-    def train_dataloader(self) -> ShardLoader:
+    def train_dataloader(self) -> ResumableLoader:
         if self.train_dataset is None:
             raise RuntimeError("no training data: set train_shards (and call setup('fit'))")
-        return ShardLoader(self.train_dataset, self.train_batches, self.num_workers, self.pin_memory)
+        # Resumable: `fit --ckpt_path` continues mid-epoch with the very batches an unbroken run would read.
+        return ResumableLoader(ShardLoader(self.train_dataset, self.train_batches, self.num_workers, self.pin_memory))
 
     def val_dataloader(self) -> ShardLoader | list:
         if self.val_dataset is None:

@@ -66,11 +66,24 @@ def _losses(run_dir: Path) -> dict[int, float]:
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
 
 
-def test_resume_continues_the_loss_curve(tmp_path: Path) -> None:
-    common = TINY + []
+RESUME_SETUPS = {
+    # random batches through a plain DataLoader
+    "random": [*(x for c in TINY for x in ("--config", c)), "--data.init_args.num_batches=4"],
+    # the real WebDataset pipeline (shards, shuffle buffer, skip counting) on a small synthetic dataset
+    "webdataset": ["--config", str(CONFIGS / "demo.yaml"), "--trainer.callbacks=null",
+                   "--model.decoder.init_args.n_layer=1", "--model.decoder.init_args.d_model=32",
+                   "--data.init_args.train_samples=32", "--data.init_args.eval_questions=6",
+                   "--data.init_args.batch_size=8", "--data.init_args.num_workers=0",
+                   "--data.init_args.shuffle_buffer=16"],
+}
+
+
+@pytest.mark.parametrize("setup", sorted(RESUME_SETUPS))
+def test_resume_continues_the_loss_curve(setup: str, tmp_path: Path) -> None:
     def args(version: str) -> list[str]:
-        return ["fit", *[x for c in common for x in ("--config", c)], "--trainer.accelerator=cpu",
-                "--trainer.max_steps=6", "--trainer.max_epochs=-1", "--data.init_args.num_batches=4",
+        return ["fit", *RESUME_SETUPS[setup], "--trainer.accelerator=cpu",
+                "--trainer.max_steps=6", "--trainer.max_epochs=-1", "--trainer.log_every_n_steps=1",
+                *([f"--data.init_args.cache_dir={tmp_path}"] if setup == "webdataset" else []),
                 "--trainer.limit_val_batches=0", "--trainer.enable_model_summary=false",
                 "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}",
                 "--trainer.logger.name=run", f"--trainer.logger.version={version}",
