@@ -194,6 +194,14 @@ class WebDatasetDataModule(LightningDataModule):
             return []
         return ShardLoader(self.val_dataset, self.val_batches, self.num_workers, self.pin_memory)
 
+    def test_dataloader(self) -> ShardLoader | list:
+        """The validation data (``vl-mamba test`` reports its loss; benchmarks come from the callback)."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> ShardLoader | list:
+        """The validation data: ``vl-mamba predict`` answers each sample's first question."""
+        return self.val_dataloader()
+
     def _rank_and_world_size(self) -> tuple[int, int]:
         if self.trainer is not None:
             return self.trainer.global_rank, self.trainer.world_size

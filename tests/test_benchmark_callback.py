@@ -69,3 +69,20 @@ def test_eval_and_chat_commands(trained: dict, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip(), "chat printed no answer"
+
+
+def test_predict_writes_answers(tmp_path: Path) -> None:
+    tiny = [str(ROOT / "configs" / "tiny" / "model.yaml"), str(ROOT / "configs" / "tiny" / "random_data.yaml")]
+    args = [
+        "predict", *(x for c in tiny for x in ("--config", c)), "--trainer.accelerator=cpu",
+        "--trainer.callbacks+=callbacks.JsonlPredictionWriter", f"--trainer.callbacks.output_dir={tmp_path}",
+        "--trainer.limit_predict_batches=1", "--model.max_new_tokens=3", "--trainer.logger=false",
+    ]
+    result = subprocess.run([sys.executable, "-m", "vl_mamba", *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = (tmp_path / "predictions-rank0.jsonl").read_text().splitlines()
+    assert len(lines) == 4  # one batch of the random data module
+    record = json.loads(lines[0])
+    assert record["prompt"].startswith("<image>")
+    assert record["reference"] and "prediction" in record

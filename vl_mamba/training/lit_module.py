@@ -22,7 +22,8 @@ from rich.console import Console
 from vl_mamba.connectors.base import Connector
 from vl_mamba.decoders.base import LanguageDecoder
 from vl_mamba.encoders.base import VisionEncoder
-from vl_mamba.model import VLMamba, VLMambaOutput
+from vl_mamba.generation import GenerationConfig, generate_tokens, left_pad
+from vl_mamba.model import IGNORE_INDEX, VLMamba, VLMambaOutput
 from vl_mamba.tokenizer import TextTokenizer
 from vl_mamba.training.optim import param_groups, warmup_cosine
 from vl_mamba.training.stages import PARTS, apply_stage, parts_table
@@ -143,6 +144,32 @@ class VLMambaLitModule(pl.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self(batch)
         self.log("test/loss", out.loss, batch_size=batch["input_ids"].shape[0], sync_dist=True)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Answer each sample's first question: the tokens before its first labelled token are the prompt."""
+        prompts = []
+        for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+            labelled = (labels != IGNORE_INDEX).nonzero().flatten()
+            end = int(labelled[0]) if len(labelled) else int(mask.sum())
+            prompts.append(ids[:end])
+        input_ids, attention = left_pad(prompts, self.tokenizer.pad_token_id)
+        config = GenerationConfig(max_new_tokens=self.hparams.max_new_tokens)
+        tokens = generate_tokens(
+            self.model, input_ids, attention, batch.get("pixel_values"), batch["has_image"], config,
+            (self.tokenizer.eos_token_id,), self.tokenizer.pad_token_id, self.tokenizer.base_vocab_size,
+        )
+        keys = batch.get("keys") or [None] * len(prompts)
+        results = []
+        for key, prompt, row, labels in zip(keys, prompts, tokens.tolist(), batch["labels"]):
+            row = row[: row.index(self.tokenizer.eos_token_id)] if self.tokenizer.eos_token_id in row else row
+            reference = [t for t in labels.tolist() if t != IGNORE_INDEX and t != self.tokenizer.eos_token_id]
+            results.append({
+                "key": key,
+                "prompt": self.tokenizer.decode(prompt.tolist(), skip_special_tokens=False),
+                "prediction": self.tokenizer.decode(row).strip(),
+                "reference": self.tokenizer.decode(reference).strip(),
+            })
+        return results
 
     def _log_skipped(self, batch: dict[str, Any]) -> None:
         counts = batch.get("skipped") or {}
