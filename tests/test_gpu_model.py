@@ -98,3 +98,22 @@ def test_generation_reuses_its_cuda_graph() -> None:
     mask = torch.ones_like(ids, dtype=torch.bool)
     expected = generate_tokens(model, ids, mask, None, torch.zeros(2, dtype=torch.bool), eager, (), 0, 500)
     assert torch.equal(results[1], expected)
+
+
+def test_scan_kernel_takes_channel_strided_inputs() -> None:
+    """Views with a unit stride along L (slices of a channel-major projection) go to the kernel uncopied."""
+    pytest.importorskip("mamba_ssm", reason="needs mamba-ssm's CUDA kernels")
+    from vl_mamba.ops import selective_scan_fn, selective_scan_ref
+
+    torch.manual_seed(0)
+    batch, dim, length, n = 2, 64, 50, 8
+    xz = torch.randn(batch, 2 * dim, length, device="cuda")
+    u, z = xz.chunk(2, dim=1)  # (batch, dim, L) views, stride(-1) == 1, not contiguous
+    proj = torch.randn(batch, 2 * n + dim, length, device="cuda")
+    B, C, delta = proj.split([n, n, dim], dim=1)
+    A = -torch.rand(dim, n, device="cuda") - 0.5
+    D = torch.randn(dim, device="cuda")
+    out, last = selective_scan_fn(u, delta, A, B, C, D, z, None, True, True)
+    ref, ref_last = selective_scan_ref(u.contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), D,
+                                       z.contiguous(), None, True, True)
+    assert _rel(out, ref) < 1e-4 and _rel(last, ref_last) < 1e-4

@@ -85,7 +85,10 @@ class MambaMixer(nn.Module):
         Returns:
             (batch, L, d_model).
         """
-        xz = self.in_proj(hidden).transpose(1, 2)  # (batch, 2 * d_inner, L)
+        # (batch, 2 * d_inner, L) with L the unit-stride axis: x and z reach the conv and the scan uncopied.
+        xz = torch.matmul(self.in_proj.weight, hidden.transpose(1, 2))
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias.unsqueeze(-1).to(xz.dtype)
         A = -torch.exp(self.A_log.float())
         if state is None and mask is None:
             return mamba_inner_fn(

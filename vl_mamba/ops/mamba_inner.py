@@ -96,10 +96,12 @@ def mamba_inner_ref(
 def project_scan_inputs(
     x: Tensor, x_proj_weight: Tensor, delta_proj_weight: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """x (batch, d_inner, L) -> dt (batch, d_inner, L) before bias, B and C (batch, N, L)."""
+    """x (batch, d_inner, L) -> dt (batch, d_inner, L) before bias, B and C (batch, N, L).
+
+    Channel-major products (weight @ x) keep L the unit-stride axis, as the scan wants, with no transposed copy.
+    """
     rank = delta_proj_weight.shape[1]
     n = (x_proj_weight.shape[0] - rank) // 2
-    x_dbl = F.linear(x.transpose(1, 2), x_proj_weight)  # (batch, L, rank + 2N)
-    dt, B, C = x_dbl.split([rank, n, n], dim=-1)
-    dt = F.linear(dt, delta_proj_weight).transpose(1, 2)
-    return dt, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+    x_dbl = torch.matmul(x_proj_weight, x)  # (batch, rank + 2N, L)
+    dt, B, C = x_dbl.split([rank, n, n], dim=1)
+    return torch.matmul(delta_proj_weight, dt), B, C

@@ -93,8 +93,8 @@ def selective_scan_fn(
         kernel = _cuda_scan()
         if kernel is not None:
             return kernel(
-                u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(),
-                D, None if z is None else z.contiguous(), delta_bias, delta_softplus, return_last_state,
+                # The kernel takes any strides but a unit one along L, and copies only what lacks it.
+                u, delta, A.contiguous(), B, C, D, z, delta_bias, delta_softplus, return_last_state,
             )
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
@@ -295,7 +295,7 @@ class _SelectiveScan(torch.autograd.Function):
             last = h[steps - 1]
             if c + 1 < len(tiles.bounds):
                 starts[c + 1 if keep else 0].copy_(last)
-        last = last.transpose(-1, -2).reshape(batch, dim, A.shape[1])
+        last = last.transpose(-1, -2).reshape(batch, dim, A.shape[1]).clone()  # never a view of a buffer
         y = _batch_major(y.view(length, batch, dim))
         if D is not None:
             y.addcmul_(uf, D.to(cdt)[:, None])
