@@ -77,6 +77,7 @@ def test_predict_writes_answers(tmp_path: Path) -> None:
         "predict", *(x for c in tiny for x in ("--config", c)), "--trainer.accelerator=cpu",
         "--trainer.callbacks+=callbacks.JsonlPredictionWriter", f"--trainer.callbacks.output_dir={tmp_path}",
         "--trainer.limit_predict_batches=1", "--model.max_new_tokens=3", "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}",
     ]
     result = subprocess.run([sys.executable, "-m", "vl_mamba", *args], cwd=ROOT, capture_output=True, text=True,
                             timeout=600)
