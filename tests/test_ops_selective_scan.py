@@ -78,6 +78,28 @@ def test_half_precision_inputs_match_ref(dtype, shape, tile_elements):
     _compare(inputs, dtype, delta_softplus=True, return_last_state=True)
 
 
+def test_non_contiguous_inputs(tile_elements):
+    """Inputs as strided views, as projections produce them ((batch, L, ...) transposed): same results."""
+    base = scan_inputs(2, 6, 19, 4, 2, torch.float64)
+    strided = {"u", "delta", "z", "B", "C"}
+    leaves = {
+        k: (v.detach().movedim(-1, 1).contiguous() if k in strided else v.detach().clone()).requires_grad_()
+        for k, v in base.items()
+    }
+    views = {k: v.movedim(1, -1) if k in strided else v for k, v in leaves.items()}
+    assert not views["u"].is_contiguous() and not views["B"].is_contiguous()
+    weight = torch.randn(2, 6, 19, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    y = selective_scan_torch(**views, delta_softplus=True)
+    (y * weight).sum().backward()
+    ref_inputs = clone_inputs(base)
+    y_ref = selective_scan_ref(**ref_inputs, delta_softplus=True)
+    (y_ref * weight).sum().backward()
+    assert_close_rel(y, y_ref, 1e-10, "output")
+    for k in base:
+        grad = leaves[k].grad.movedim(1, -1) if k in strided else leaves[k].grad
+        assert_close_rel(grad, ref_inputs[k].grad, 1e-10, f"grad of {k}")
+
+
 def test_last_state_gradient_matches_ref(tile_elements):
     """The last state alone carries the loss: its gradient reaches every input as in the reference."""
     inputs = scan_inputs(2, 4, 29, 3, dtype=torch.float64)
@@ -130,7 +152,7 @@ def test_fn_dispatches_to_torch_on_cpu():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("groups", [None, 2], ids=["B-shared", "B-grouped"])
 @pytest.mark.parametrize("options", OPTIONS[:2], ids=["all-options", "no-options"])
-def test_state_update_chained_equals_scan(dtype, groups, options):
+def test_state_update_chained_equals_scan(dtype, groups, options, tile_elements):
     """One ``selective_state_update`` per position, from a zero state, gives the scan's outputs and last state."""
     use_D, use_z, use_bias, softplus, _ = options
     batch, dim, length, n = 2, 6, 13, 4
