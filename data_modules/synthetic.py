@@ -31,7 +31,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from data_modules.synthetic_questions import CATEGORIES, all_texts
+from data_modules.synthetic_questions import CATEGORIES, TEMPLATES, all_texts, check_kinds
 from data_modules.synthetic_tokenizer import build_tokenizer, save_tokenizer, vocabulary
 from data_modules.synthetic_writer import ProgressFn, write_eval, write_train
 from vl_mamba.utils.logging import get_logger
@@ -100,6 +100,7 @@ def generate_synthetic(
     shard_size: int = 1000,
     turns: int = 3,
     max_objects: int = 4,
+    kinds: Sequence[str] | None = None,
     extra_texts: Sequence[str] = (),
     workers: int | None = None,
     overwrite: bool = False,
@@ -119,6 +120,8 @@ def generate_synthetic(
         shard_size: samples per training shard.
         turns: questions per image, each of a different category (1 to 5).
         max_objects: most shapes in an image (counts range over ``0..max_objects``).
+        kinds: ask only these kinds of question (``synthetic_questions.TEMPLATES`` keys, e.g. ``["count_all"]``);
+            all by default.
         extra_texts: texts whose words the tokenizer must also know (e.g. a chat template's system prompt).
         workers: processes drawing images; by default up to 4, as many as there are cores.
         overwrite: replace an existing ``out_dir``.
@@ -127,14 +130,19 @@ def generate_synthetic(
     out_dir = Path(out_dir).expanduser()
     if _occupied(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
-    args = _arguments(train_samples, eval_questions, image_size, seed, shard_size, turns, max_objects, extra_texts)
+    args = _arguments(
+        train_samples, eval_questions, image_size, seed, shard_size, turns, max_objects, extra_texts, kinds
+    )
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     start = time.perf_counter()
-    common = {"seed": seed, "turns": turns, "image_size": image_size, "max_objects": max_objects, "workers": workers}
+    common = {
+        "seed": seed, "turns": turns, "image_size": image_size, "max_objects": max_objects, "workers": workers,
+        "kinds": None if kinds is None else tuple(kinds),
+    }
     try:
         shards, signatures, train_stats = write_train(
             tmp / "train", train_samples, shard_size=shard_size, progress=progress, **common
@@ -182,6 +190,7 @@ def ensure_synthetic(
     shard_size: int = 1000,
     turns: int = 3,
     max_objects: int = 4,
+    kinds: Sequence[str] | None = None,
     extra_texts: Sequence[str] = (),
     workers: int | None = None,
     progress: ProgressFn | None = None,
@@ -195,11 +204,13 @@ def ensure_synthetic(
 
     Args:
         cache_dir: parent of the dataset directories; ``default_cache_dir()`` by default.
-        train_samples, eval_questions, image_size, seed, shard_size, turns, max_objects, extra_texts, workers,
-            progress: as in ``generate_synthetic``.
+        train_samples, eval_questions, image_size, seed, shard_size, turns, max_objects, kinds, extra_texts,
+            workers, progress: as in ``generate_synthetic``.
     """
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
-    args = _arguments(train_samples, eval_questions, image_size, seed, shard_size, turns, max_objects, extra_texts)
+    args = _arguments(
+        train_samples, eval_questions, image_size, seed, shard_size, turns, max_objects, extra_texts, kinds
+    )
     key = [FORMAT_VERSION, args, _vocabulary_digest(args)]
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     root = cache_dir / f"{image_size}px-{train_samples}-{eval_questions}-seed{seed}-{digest}"
@@ -222,14 +233,16 @@ def _arguments(
     turns: int,
     max_objects: int,
     extra_texts: Sequence[str],
+    kinds: Sequence[str] | None = None,
 ) -> dict:
     """The arguments that decide the output, checked, as recorded in the manifest."""
     if train_samples < 1 or eval_questions < 1 or shard_size < 1:
         raise ValueError("train_samples, eval_questions and shard_size must be positive")
     if image_size < 32:
         raise ValueError(f"image_size {image_size} is too small to draw recognisable shapes (32 at least)")
-    if not 1 <= turns <= len(CATEGORIES):
-        raise ValueError(f"turns must be in 1..{len(CATEGORIES)}, got {turns}")
+    categories = check_kinds(kinds)
+    if not 1 <= turns <= len(categories):
+        raise ValueError(f"turns must be in 1..{len(categories)} (the categories asked), got {turns}")
     if not 1 <= max_objects <= 9:
         raise ValueError(f"max_objects must be in 1..9, got {max_objects}")
     return {
@@ -241,6 +254,7 @@ def _arguments(
         "turns": turns,
         "max_objects": max_objects,
         "extra_texts": list(extra_texts),
+        **({} if kinds is None else {"kinds": sorted(kinds)}),  # absent for all kinds: older caches stay valid
     }
 
 
@@ -323,10 +337,16 @@ def main(argv: list[str]) -> int:
         parser.add_argument(
             "--" + name.replace("_", "-"), type=int, default=default, help=f"{help_text}; default {default}"
         )
+    parser.add_argument(
+        "--kinds",
+        type=lambda text: [k.strip() for k in text.split(",") if k.strip()],
+        default=None,
+        help=f"ask only these kinds of question, comma-separated (default: all): {', '.join(TEMPLATES)}",
+    )
     parser.add_argument("--workers", type=int, default=None, help="drawing processes (default: up to 4)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     args = parser.parse_args(argv)
-    chosen = {name: getattr(args, name) for name in options}
+    chosen = {name: getattr(args, name) for name in options} | {"kinds": args.kinds}
     console = Console()
     try:
         if args.out is not None and not args.overwrite and _matches(args.out, _arguments(**chosen, extra_texts=())):

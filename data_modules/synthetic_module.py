@@ -34,6 +34,8 @@ class SyntheticDataModule(InstructDataModule):
         image_size: image side in pixels.
         data_seed: seed of the generator.
         turns: questions per training image.
+        question_kinds: ask only these kinds of question (e.g. ``[count_all]``; see
+            ``data_modules.synthetic_questions.TEMPLATES``); all by default.
         cache_dir: where datasets are generated (default ``$VL_MAMBA_CACHE/synthetic`` or
             ``~/.cache/vl-mamba/synthetic``).
     """
@@ -49,6 +51,7 @@ class SyntheticDataModule(InstructDataModule):
         image_size: int = 64,
         data_seed: int = 0,
         turns: int = 3,
+        question_kinds: list[str] | None = None,
         cache_dir: str | None = None,
         max_length: int = 256,
         batch_size: int = 32,
@@ -60,7 +63,7 @@ class SyntheticDataModule(InstructDataModule):
     ) -> None:
         self.paths: SyntheticPaths = ensure_synthetic(
             cache_dir, train_samples=train_samples, eval_questions=eval_questions, image_size=image_size,
-            seed=data_seed, turns=turns, max_objects=MAX_OBJECTS,
+            seed=data_seed, turns=turns, max_objects=MAX_OBJECTS, kinds=question_kinds,
         )
         super().__init__(
             train_shards=self.paths.train_pattern,

@@ -36,6 +36,14 @@ TEMPLATES: dict[str, str] = {
     "above_below": "Is the {a} above or below the {b}?",
     "existence": "Is there a {color} {shape}?",
 }
+KINDS: dict[str, tuple[str, ...]] = {
+    "color": ("color",),
+    "shape": ("shape",),
+    "count": ("count_shape", "count_color", "count_all"),
+    "position": ("left", "right", "above", "below", "left_right", "above_below"),
+    "existence": ("existence",),
+}
+"""The question kinds (``TEMPLATES`` keys) of each category."""
 YES_NO: tuple[str, str] = ("yes", "no")
 DIRECTIONS: tuple[str, ...] = ("left", "right", "above", "below")
 MAX_SCENE_TRIES = 1000
@@ -184,8 +192,25 @@ class _Known:
             self.present.update(tuple(fields[k].split(" ")) for k in ("a", "b"))
 
 
+def check_kinds(kinds: Sequence[str] | None) -> tuple[str, ...]:
+    """The categories that ``kinds`` (``TEMPLATES`` keys, or None for all) leave; ``ValueError`` for a bad one."""
+    if kinds is None:
+        return CATEGORIES
+    unknown = sorted(set(kinds) - set(TEMPLATES))
+    if unknown or not kinds:
+        raise ValueError(f"unknown question kinds {unknown}; known: {sorted(TEMPLATES)}")
+    return tuple(c for c in CATEGORIES if set(KINDS[c]) & set(kinds))
+
+
+def _only(by_answer: ByAnswer, kinds: Sequence[str] | None) -> ByAnswer:
+    if kinds is None:
+        return by_answer
+    kept = {answer: [e for e in entries if e[0] in kinds] for answer, entries in by_answer.items()}
+    return {answer: entries for answer, entries in kept.items() if entries}
+
+
 def sample_questions(
-    rng: random.Random, turns: int, image_size: int = 64, max_objects: int = 4
+    rng: random.Random, turns: int, image_size: int = 64, max_objects: int = 4, kinds: Sequence[str] | None = None
 ) -> tuple[Scene, list[Question]]:
     """Draw a scene and ``turns`` questions about it, each of a different category and none answered by the
     turns before it.
@@ -199,21 +224,24 @@ def sample_questions(
         turns: number of questions, 1 to ``len(CATEGORIES)``.
         image_size: side of the image in pixels.
         max_objects: most objects in the scene.
+        kinds: ask only questions of these ``TEMPLATES`` keys (e.g. ``["count_all"]``), all by default. The
+            answers are then drawn among those each scene allows, without the balancing of count and existence.
     """
-    if not 1 <= turns <= len(CATEGORIES):
-        raise ValueError(f"turns must be in 1..{len(CATEGORIES)}, got {turns}")
-    plan = rng.sample(CATEGORIES, turns)
+    categories = check_kinds(kinds)
+    if not 1 <= turns <= len(categories):
+        raise ValueError(f"turns must be in 1..{len(categories)} (the categories asked), got {turns}")
+    plan = rng.sample(categories, turns)
     fixed = {}  # answers drawn before the scene, so that they come out uniform
-    if "count" in plan:
+    if "count" in plan and kinds is None:
         fixed["count"] = str(rng.randint(0, max_objects))
-    if "existence" in plan:
+    if "existence" in plan and kinds is None:
         fixed["existence"] = rng.choice(YES_NO)
     stale: list[tuple[Scene, list[Question]]] = []
     for _ in range(MAX_SCENE_TRIES):
         scene = sample_scene(rng, image_size=image_size, max_objects=max_objects)
         candidates: Candidates = {}
         for category in sorted(plan, key=_CHECK_ORDER.index):
-            by_answer = _BUILDERS[category](scene)
+            by_answer = _only(_BUILDERS[category](scene), kinds)
             if not by_answer or (category in fixed and fixed[category] not in by_answer):
                 break
             candidates[category] = by_answer

@@ -36,6 +36,7 @@ class SampleTask:
     image_size: int
     max_objects: int
     attempt: int = 0
+    kinds: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -66,7 +67,9 @@ class Stats:
 def draw_sample(task: SampleTask) -> tuple[Scene, list[Question], bytes]:
     """The scene, questions and PNG bytes of one sample (a pure function of ``task``)."""
     rng = random.Random(f"{task.seed}:{task.split}:{task.index}:{task.attempt}")
-    scene, questions = sample_questions(rng, task.turns, image_size=task.image_size, max_objects=task.max_objects)
+    scene, questions = sample_questions(
+        rng, task.turns, image_size=task.image_size, max_objects=task.max_objects, kinds=task.kinds
+    )
     return scene, questions, encode_png(render_scene(scene))
 
 
@@ -103,6 +106,7 @@ def write_train(
     max_objects: int,
     shard_size: int,
     workers: int,
+    kinds: tuple[str, ...] | None = None,
     progress: ProgressFn | None = None,
 ) -> tuple[list[Path], set[tuple], Stats]:
     """Write ``samples`` training samples as ``out_dir/{shard:05d}.tar`` and ``out_dir/sizes.json``.
@@ -111,7 +115,7 @@ def write_train(
         The shard paths, the signatures of the scenes written (to keep evaluation images apart) and counts.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = [SampleTask("train", seed, i, turns, image_size, max_objects) for i in range(samples)]
+    tasks = [SampleTask("train", seed, i, turns, image_size, max_objects, kinds=kinds) for i in range(samples)]
     shards: list[Path] = []
     sizes: dict[str, int] = {}
     signatures: set[tuple] = set()
@@ -147,6 +151,7 @@ def write_eval(
     max_objects: int,
     workers: int,
     exclude: set[tuple],
+    kinds: tuple[str, ...] | None = None,
     progress: ProgressFn | None = None,
 ) -> Stats:
     """Write ``questions_total`` held-out questions in the ``vqa-jsonl`` layout under ``out_dir``.
@@ -157,7 +162,7 @@ def write_eval(
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     images = -(-questions_total // turns)
-    tasks = [SampleTask("eval", seed, i, turns, image_size, max_objects) for i in range(images)]
+    tasks = [SampleTask("eval", seed, i, turns, image_size, max_objects, kinds=kinds) for i in range(images)]
     stats = Stats()
     seen = set(exclude)
     next_id = 0

@@ -1,7 +1,8 @@
 """Conversation templates: how (question, answer) turns and the image placeholder become one token sequence,
 and which tokens carry the loss. ``plain`` is LLaVA's captioning format (the placeholder, then the caption);
-``vicuna_v1`` is LLaVA-1.5's chat format (``USER: ... ASSISTANT: ...``, multi-turn). A new template is one
-``register_template`` call.
+``vicuna_v1`` is LLaVA-1.5's chat format (``USER: ... ASSISTANT: ...``, multi-turn); ``chat`` is the same without
+the system prompt, and ``chat_question_first`` puts the image after the first question instead of before it. A
+new template is one ``register_template`` call.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ class ConversationTemplate:
     answer: str = MESSAGE
     """Format of an answer; ``{message}`` stands for the answer text. All of it is learned."""
     image: str = IMAGE_TOKEN + "\n"
-    """Put at the start of the first user message of a sample that has an image."""
+    """Put at the start of the first user message of a sample that has an image (at its end when
+    ``image_after_question``)."""
+    image_after_question: bool = False
+    """Put ``image`` after the first question rather than before it."""
     keep_questions: bool = True
     """False for captioning: questions are dropped, only the image and the answers remain."""
     eos_after_answer: bool = True
@@ -41,7 +45,7 @@ class ConversationTemplate:
         for index, (question, answer) in enumerate(turns):
             message = question if self.keep_questions else ""
             if index == 0 and has_image:
-                message = self.image + message
+                message = message + self.image if self.image_after_question else self.image + message
             prompt = self.user.replace(MESSAGE, message)
             yield (self.system + prompt if index == 0 else prompt), False
             yield self.answer.replace(MESSAGE, answer), True
@@ -71,6 +75,17 @@ def get_template(name: str) -> ConversationTemplate:
 
 register_template("plain", ConversationTemplate(image=IMAGE_TOKEN, keep_questions=False))
 register_template("chat", ConversationTemplate(user="USER: {message} ASSISTANT:", answer=" {message}"))
+# The question before the image. A recurrent language model reads the visual tokens once, in order, and keeps
+# only what its fixed-size state can hold; when it has read the question first, it knows which objects and
+# which relation matter while it reads them, and can keep just those, instead of a description of the whole
+# image from which any later question must be answered. Only the first question of a sample comes before the
+# image: one-turn samples (and the one-turn prompts of evaluation and chat) are the case this template is for.
+register_template(
+    "chat_question_first",
+    ConversationTemplate(
+        user="USER: {message} ASSISTANT:", answer=" {message}", image="\n" + IMAGE_TOKEN, image_after_question=True
+    ),
+)
 register_template(
     "vicuna_v1",
     ConversationTemplate(

@@ -42,7 +42,7 @@ def test_callback_logs_scores_and_writes_predictions(trained: dict) -> None:
     assert len(predictions) == 24
     record = json.loads(predictions[0])
     assert {"question_id", "prompt", "prediction", "answers", "category"} <= set(record)
-    assert record["prompt"].startswith("USER: <image>")
+    assert record["prompt"].startswith("USER: ") and record["prompt"].endswith("\n<image> ASSISTANT:")
     scores = json.loads(next(log_dir.glob("shapes-epoch0-step3-scores.json")).read_text())
     assert scores["accuracy"] == pytest.approx(float(metrics["val/shapes/accuracy"]), abs=1e-6)
 

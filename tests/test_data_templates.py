@@ -7,7 +7,13 @@ import pytest
 
 from data_modules.encoding import encode_conversation
 from data_modules.skips import SkipSample
-from data_modules.templates import TEMPLATES, ConversationTemplate, get_template, register_template
+from data_modules.templates import (
+    TEMPLATES,
+    ConversationTemplate,
+    generation_prompt,
+    get_template,
+    register_template,
+)
 from vl_mamba.model import IGNORE_INDEX
 
 TURNS = [("What is in the picture?", "A black cat."), ("Where is it sitting?", "On a red sofa.")]
@@ -41,6 +47,19 @@ def test_vicuna_v1_matches_llava_text_and_labels_every_answer(text_tokenizer) ->
     answers = [*tok.encode(" A black cat."), tok.eos_token_id, *tok.encode(" On a red sofa."), tok.eos_token_id]
     assert labelled(ids, labels) == answers
     assert labels[-1] == tok.eos_token_id
+
+
+def test_question_first_puts_the_image_after_the_first_question_only(text_tokenizer) -> None:
+    tok = text_tokenizer
+    template = get_template("chat_question_first")
+    ids, _ = encode_conversation(TURNS, template, tok, True, 512)
+    expected = (
+        "USER: What is in the picture?\n<image> ASSISTANT: A black cat.<|endoftext|>"
+        "USER: Where is it sitting? ASSISTANT: On a red sofa.<|endoftext|>"
+    )
+    assert tok.decode(ids, skip_special_tokens=False) == expected
+    assert generation_prompt(template, "How many?", True) == "USER: How many?\n<image> ASSISTANT:"
+    assert generation_prompt(template, "How many?", False) == "USER: How many? ASSISTANT:"
 
 
 def test_text_only_sample_has_no_placeholder(text_tokenizer) -> None:

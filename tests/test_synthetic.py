@@ -286,3 +286,27 @@ def test_ensure_has_the_defaults_of_generate() -> None:
         return {k: p.default for k, p in inspect.signature(function).parameters.items() if k in SMALL}
 
     assert defaults(ensure_synthetic) == defaults(generate_synthetic)
+
+
+def test_question_kinds_restrict_the_questions(tmp_path: Path) -> None:
+    rng = random.Random(0)
+    for _ in range(50):
+        scene, questions = sample_questions(rng, 2, image_size=48, kinds=["count_all", "existence"])
+        assert {q.category for q in questions} == {"count", "existence"}
+        count = next(q for q in questions if q.category == "count")
+        assert count.text == "How many objects are there?" and count.answer == str(len(scene.objects))
+    with pytest.raises(ValueError, match="turns must be in 1..1"):
+        sample_questions(rng, 2, kinds=["color"])
+    with pytest.raises(ValueError, match="unknown question kinds"):
+        sample_questions(rng, 1, kinds=["colour"])
+    args = {**SMALL, "train_samples": 6, "eval_questions": 5, "turns": 1}
+    paths = ensure_synthetic(tmp_path, **args, kinds=["shape"])
+    assert paths.root != ensure_synthetic(tmp_path, **args).root  # a dataset of its own in the cache
+    texts = [json.loads(line)["text"] for line in (paths.eval_dir / "questions.jsonl").read_text().splitlines()]
+    assert len(texts) == 5 and all(re.fullmatch(r"What shape is the \w+ object\?", t) for t in texts)
+    assert json.loads(paths.manifest.read_text())["args"]["kinds"] == ["shape"]
+    argv = ["--out", str(tmp_path / "cli"), "--train-samples", "4", "--eval-questions", "3", "--turns", "1"]
+    assert main([*argv, "--kinds", "count_all,colour"]) == 1  # an unknown kind: an error line, no traceback
+    argv += ["--kinds", "count_all"]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["args"]["kinds"] == ["count_all"]
