@@ -10,7 +10,7 @@ import timm
 import torch
 from PIL import Image
 
-from vl_mamba.encoders import ImageTransform, TimmViTEncoder, save_timm_checkpoint, to_rgb
+from vl_mamba.encoders import ConvEncoder, ImageTransform, TimmViTEncoder, save_timm_checkpoint, to_rgb
 from vl_mamba.encoders.timm_vit import default_layer
 
 TINY = dict(embed_dim=32, depth=3, num_heads=2, mlp_ratio=2.0)
@@ -181,3 +181,20 @@ def test_resize_modes():
 
     with pytest.raises(ValueError, match="resize must be"):
         ImageTransform(config, "stretch")
+
+
+def test_conv_encoder_keeps_colour_without_norm():
+    """The default ConvEncoder has no normalisation layer, and tells apart two images that differ only in the
+    colour of one small object; ``norm="group"`` brings GroupNorm back; an unknown norm is refused."""
+    torch.manual_seed(0)
+    image = torch.full((2, 3, 32, 32), 0.8)
+    image[0, :, 12:18, 12:18] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]  # red
+    image[1, :, 12:18, 12:18] = torch.tensor([0.5, 0.2, 0.7])[:, None, None]  # purple
+    plain = ConvEncoder(32, (16, 32))
+    out = plain(image)
+    assert out.shape == (2, 64, 32) and plain.grid == (8, 8)
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in plain.modules())
+    assert (out[0] - out[1]).abs().max() > 1e-3
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in ConvEncoder(32, (16, 32), norm="group").modules())
+    with pytest.raises(ValueError, match="unknown norm"):
+        ConvEncoder(32, (16, 32), norm="batch")
