@@ -32,6 +32,19 @@ def time_cuda(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10) -> dict
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
 
 
+def profile_cuda(fn: Callable[[], Any], warmup: int = 3) -> torch.profiler.profile:
+    """A torch.profiler record (CUDA kernels and host calls) of one call of ``fn``, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]
+    ) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return prof
+
+
 def time_cpu(fn: Callable[[], Any], warmup: int = 1, repeats: int = 5) -> dict[str, float]:
     """Median and spread of ``fn`` in milliseconds on the host clock."""
     for _ in range(warmup):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
+from benchmarks.common import profile_cuda
 from vl_mamba.connectors import VSSL2Connector
 
 
@@ -29,12 +29,7 @@ def main() -> None:
             out = connector(features, (27, 27))
         out.backward(grad)
 
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-        step()
-        torch.cuda.synchronize()
+    prof = profile_cuda(step, warmup=3)
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
+from benchmarks.common import profile_cuda
 from benchmarks.generation import build_mamba
 from vl_mamba.generation import GenerationConfig, generate_tokens
 
@@ -32,12 +32,7 @@ def main() -> None:
     def run() -> None:
         generate_tokens(model, ids, mask, pixels, has_image, config, (), 0, 50277)
 
-    for _ in range(2):
-        run()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-        run()
-        torch.cuda.synchronize()
+    prof = profile_cuda(run, warmup=2)
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=60))
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12, max_name_column_width=60))
 
