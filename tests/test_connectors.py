@@ -163,3 +163,11 @@ def test_grid_that_does_not_hold_the_patches():
 def test_unknown_scan_order():
     with pytest.raises(ValueError, match="unknown scan order 'diagonal'"):
         VSSL2Connector(8, 8, scan="diagonal")
+
+
+def test_time_step_range_reaches_the_scan():
+    connector = VSSL2Connector(scan="cross", d_state=4, dt_min=0.01, dt_max=0.5)
+    connector.connect(12, 20)
+    dt = F.softplus(connector.vss.dt_projs_bias)
+    assert dt.min() >= 0.01 - 1e-6 and dt.max() <= 0.5 + 1e-6
+    assert dt.max() > 0.1  # beyond SS2D's default range: the setting took effect

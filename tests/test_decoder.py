@@ -267,3 +267,13 @@ def test_cuda_step_decoding_matches_cpu():
         prefill = gpu.logits(gpu.forward_hidden(embeds[:, :5].cuda(), states=states))
         rest = torch.stack([gpu.step(embeds[:, t].cuda(), states) for t in range(5, 12)], dim=1)
     assert_close_rel(torch.cat([prefill, rest], dim=1), full, 2e-4, "prefill then steps on the GPU")
+
+
+def test_time_step_range_of_a_model_from_scratch(tmp_path):
+    decoder = MambaDecoder(d_model=32, n_layer=2, vocab_size=100, dt_min=0.01, dt_max=0.5)
+    steps = torch.cat([torch.nn.functional.softplus(layer.mixer.dt_proj.bias) for layer in decoder.backbone.layers])
+    assert steps.min() >= 0.01 - 1e-6 and steps.max() <= 0.5 + 1e-6
+    assert steps.max() > 0.1  # beyond mamba_ssm's default range: the setting took effect
+    tiny_decoder().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"dt_min=0.01 \(checkpoint: 0.001\)"):
+        MambaDecoder(pretrained=str(tmp_path), dt_min=0.01)  # an initialisation setting: the checkpoint has its own

@@ -25,6 +25,7 @@ class _VSSConnector(Connector):
         expand: VSS inner width over its input width.
         dt_rank: time-step rank; None means ceil(width / 16).
         d_conv: depthwise conv kernel size.
+        dt_min, dt_max: range of the initial time steps (SS2D's 0.001-0.1 by default; see ``VSS``).
     """
 
     def __init__(
@@ -36,8 +37,12 @@ class _VSSConnector(Connector):
         expand: int = 2,
         dt_rank: int | None = None,
         d_conv: int = 3,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
     ) -> None:
-        self.vss_kwargs = dict(scan=scan, d_state=d_state, expand=expand, dt_rank=dt_rank, d_conv=d_conv)
+        self.vss_kwargs = dict(
+            scan=scan, d_state=d_state, expand=expand, dt_rank=dt_rank, d_conv=d_conv, dt_min=dt_min, dt_max=dt_max
+        )
         super().__init__(in_dim, out_dim)
 
     def extra_repr(self) -> str:

@@ -42,6 +42,8 @@ class MambaDecoder(LanguageDecoder):
         d_conv: causal conv width.
         expand: inner width over d_model.
         pad_vocab_size_multiple: embedding rows are padded to a multiple of this.
+        dt_min, dt_max: range of the initial time steps of a model built from scratch (mamba_ssm's 0.001-0.1 by
+            default, timescales of 10 to 1,000 tokens; short sequences learn faster with larger steps).
         gradient_checkpointing: recompute each block in the backward pass.
         revision: hub revision of ``pretrained``.
     """
@@ -56,6 +58,8 @@ class MambaDecoder(LanguageDecoder):
         d_conv: int | None = None,
         expand: int | None = None,
         pad_vocab_size_multiple: int | None = None,
+        dt_min: float | None = None,
+        dt_max: float | None = None,
         gradient_checkpointing: bool = False,
         revision: str | None = None,
     ) -> None:
@@ -63,6 +67,7 @@ class MambaDecoder(LanguageDecoder):
         given = {
             "d_model": d_model, "n_layer": n_layer, "vocab_size": vocab_size, "d_state": d_state,
             "d_conv": d_conv, "expand": expand, "pad_vocab_size_multiple": pad_vocab_size_multiple,
+            "dt_min": dt_min, "dt_max": dt_max,
         }
         given = {k: v for k, v in given.items() if v is not None}
         directory = None
