@@ -35,6 +35,21 @@ def test_cpu_is_f_linear(dtype) -> None:
     torch.testing.assert_close(linear_decode_ref(x, w), F.linear(x, w), rtol=0, atol=0)
 
 
+def test_kernel_only_where_no_gradient_is_wanted() -> None:
+    """The Triton kernel records nothing for autograd: a product whose operands want gradients goes to
+    F.linear, so that calling the decode step in a training graph still trains."""
+    w = torch.randn(4, 8, requires_grad=True)
+    x = torch.randn(1, 8)
+    assert gemv_module._needs_autograd(x, w, None)
+    assert not gemv_module._needs_autograd(x, w.detach(), None)
+    with torch.no_grad():
+        assert not gemv_module._needs_autograd(x, w, None)
+    with torch.inference_mode():
+        assert not gemv_module._needs_autograd(x, w, None)
+    linear_decode(x, w).sum().backward()
+    torch.testing.assert_close(w.grad, x.expand(4, 8))
+
+
 @pytest.mark.gpu
 @needs_cuda("triton")
 @pytest.mark.parametrize("shape", SHAPES)

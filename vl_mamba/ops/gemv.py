@@ -7,7 +7,8 @@ after it) and 9-16 % for the small ``x_proj`` and ``dt_proj``. A plain Triton ke
 few whole rows reaches 84 %, 16-22 % and, for ``in_proj``, 91 % (cuBLAS: 89 %); see ``BENCHMARKS.md``, "GPU:
 generation".
 
-``linear_decode`` takes that kernel for one CUDA row in half precision and ``F.linear`` otherwise;
+``linear_decode`` takes that kernel for one CUDA row in half precision when no gradient is wanted (generation
+runs under ``torch.inference_mode``) and ``F.linear`` otherwise;
 ``linear_decode_ref`` is ``F.linear``.
 """
 
@@ -51,9 +52,15 @@ def _next_power_of_2(x: int) -> int:
     return 1 << max(0, x - 1).bit_length()
 
 
+def _needs_autograd(*tensors: Tensor | None) -> bool:
+    """Whether a product of these would be recorded for a backward pass (the Triton kernel has none)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _kernel_ok(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     return (
-        x.is_cuda
+        not _needs_autograd(x, weight, bias)
+        and x.is_cuda
         and x.dim() == 2
         and x.shape[0] == 1
         and x.stride(-1) == 1
