@@ -11,13 +11,12 @@ different copy of the weight (200 MB of copies in all), so that the weight comes
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import report
+from benchmarks.common import report, time_cuda
 from benchmarks.generation import copy_bandwidth
 from vl_mamba.ops import linear_decode
 
@@ -37,16 +36,7 @@ def graph_us(call: Callable[[int], object], copies: int) -> float:
     with torch.cuda.graph(graph):
         for i in range(CALLS):
             call(i % copies)
-    graph.replay()
-    times = []
-    for _ in range(7):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / CALLS)
-    return statistics.median(times)
+    return time_cuda(graph.replay, warmup=1, repeats=7)["median_ms"] * 1e3 / CALLS
 
 
 def measure(name: str, n: int, k: int, bandwidth: float) -> dict:

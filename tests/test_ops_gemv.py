@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import needs_cuda
+from _helpers import needs_cuda, rel_err
 
 from vl_mamba.decoders import MambaDecoder
 from vl_mamba.ops import gemv as gemv_module
@@ -15,10 +15,6 @@ from vl_mamba.ops.gemv import gemv_blocks
 
 # (out_features, in_features) of in_proj, x_proj, dt_proj and out_proj at d_model 2560, and two odd ones.
 SHAPES = [(10240, 2560), (192, 5120), (5120, 160), (2560, 5120), (37, 1000), (1, 3)]
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 def test_blocks_cover_rows_with_enough_programs() -> None:
@@ -65,8 +61,8 @@ def test_kernel_matches_float64_product(shape, dtype) -> None:
     out = linear_decode(x, w, bias)
     assert out.dtype == dtype and out.shape == (1, n)
     # float32 sums, one rounding to the output type: within that type's half ulp of the exact product
-    assert _rel(out, exact) < (4e-3 if dtype == torch.bfloat16 else 1e-3)
-    assert _rel(out, exact) <= 1.5 * _rel(F.linear(x, w, bias), exact) + 1e-3
+    assert rel_err(out, exact) < (4e-3 if dtype == torch.bfloat16 else 1e-3)
+    assert rel_err(out, exact) <= 1.5 * rel_err(F.linear(x, w, bias), exact) + 1e-3
 
 
 @pytest.mark.gpu
@@ -76,7 +72,7 @@ def test_strided_row_and_fallbacks() -> None:
     w = torch.randn(96, 256, device="cuda", dtype=torch.bfloat16)
     xz = torch.randn(1, 512, device="cuda", dtype=torch.bfloat16)
     x = xz[:, :256]  # a half of in_proj's output, as the decode step passes it
-    assert _rel(linear_decode(x, w), F.linear(x.double(), w.double())) < 4e-3
+    assert rel_err(linear_decode(x, w), F.linear(x.double(), w.double())) < 4e-3
     for args in ((torch.randn(3, 256, device="cuda", dtype=torch.bfloat16), w), (x.float(), w.float())):
         torch.testing.assert_close(linear_decode(*args), F.linear(*args), rtol=0, atol=0)
 
@@ -95,4 +91,4 @@ def test_decode_step_with_kernel_matches_f_linear(monkeypatch) -> None:
 
     fast = steps()
     monkeypatch.setattr(gemv_module, "_kernel", lambda: None)
-    assert _rel(fast, steps()) < 2e-2
+    assert rel_err(fast, steps()) < 2e-2
