@@ -16,13 +16,12 @@ from vl_mamba.decoders.config import MambaConfig
 from vl_mamba.ops import (
     add_rms_norm,
     causal_conv1d_fn,
-    causal_conv1d_update,
     conv_state_from_input,
     linear_decode,
     mamba_inner_fn,
     project_scan_inputs,
     selective_scan_fn,
-    selective_state_update,
+    ssm_step,
 )
 
 
@@ -127,14 +126,15 @@ class MambaMixer(nn.Module):
 
     def step(self, hidden: Tensor, state: LayerState) -> Tensor:
         """One token: hidden (batch, d_model) -> (batch, d_model); ``state`` advances in place."""
-        # The projections are matrix-vector products at batch 1: linear_decode runs them closer to bandwidth.
+        # The projections are matrix-vector products at batch 1: linear_decode runs them closer to bandwidth,
+        # and ssm_step fuses what lies between them (conv, x_proj, dt_proj, state update) into two kernels.
         x, z = linear_decode(hidden, self.in_proj.weight, self.in_proj.bias).chunk(2, dim=-1)
-        x = causal_conv1d_update(x, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
-        dt, B, C = linear_decode(x, self.x_proj.weight).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = linear_decode(dt, self.dt_proj.weight)
         if state.A is None:
             self._store_constants(state, -torch.exp(self.A_log.float()))
-        y = selective_state_update(state.ssm, x, dt, state.A, B, C, state.D, z, dt_bias=state.dt_bias, dt_softplus=True)
+        y = ssm_step(
+            x, z, state.conv, state.ssm, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.x_proj.weight,
+            self.dt_proj.weight, state.A, state.D, state.dt_bias,
+        )
         return linear_decode(y, self.out_proj.weight, self.out_proj.bias)
 
     def allocate_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> LayerState:

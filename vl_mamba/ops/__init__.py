@@ -9,6 +9,7 @@ from vl_mamba.ops.causal_conv1d import (
     causal_conv1d_update_ref,
     conv_state_from_input,
 )
+from vl_mamba.ops.decode_ssm import ssm_step, ssm_step_ref
 from vl_mamba.ops.gemv import linear_decode, linear_decode_ref
 from vl_mamba.ops.mamba_inner import mamba_inner_fn, mamba_inner_ref, project_scan_inputs
 from vl_mamba.ops.rms_norm import add_rms_norm, add_rms_norm_ref
@@ -41,4 +42,6 @@ __all__ = [
     "selective_scan_torch",
     "selective_state_update",
     "selective_state_update_ref",
+    "ssm_step",
+    "ssm_step_ref",
 ]
