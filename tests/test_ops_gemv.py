@@ -1,17 +1,35 @@
 """``linear_decode``, the batch-1 matrix-vector product of the decode step: the block choice, the CPU fallback,
-and on a GPU the Triton kernel against ``F.linear`` at Mamba-2.8B's projection shapes, in the decode step too."""
+and on a GPU the Triton kernel against ``F.linear`` at Mamba-2.8B's projection shapes, in the decode step too.
+``add_rms_norm_linear_decode`` (the block's norm fused into its in_proj product) against its ``_ref``: on the CPU
+through Triton's interpreter (in a subprocess, since the switch is read when kernels are defined), and on a GPU."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import needs_cuda, rel_err
+from _helpers import importable, needs_cuda, rel_err
 
 from vl_mamba.decoders import MambaDecoder
+from vl_mamba.ops import (
+    add_rms_norm_linear_decode,
+    add_rms_norm_linear_decode_ref,
+    linear_decode,
+    linear_decode_ref,
+)
 from vl_mamba.ops import gemv as gemv_module
-from vl_mamba.ops import linear_decode, linear_decode_ref
 from vl_mamba.ops.gemv import gemv_blocks
+
+ROOT = Path(__file__).resolve().parents[1]
+# (out_features, d, residual given, residual in float32, bias): rows not a multiple of the kernel's blocks, a
+# width not a power of two, the first block (no residual), a residual kept in the model's dtype.
+NORM_CASES = [(70, 300, True, True, False), (37, 64, False, True, True), (130, 256, True, False, True)]
 
 # (out_features, in_features) of in_proj, x_proj, dt_proj and out_proj at d_model 2560, and two odd ones.
 SHAPES = [(10240, 2560), (192, 5120), (5120, 160), (2560, 5120), (37, 1000), (1, 3)]
@@ -91,4 +109,68 @@ def test_decode_step_with_kernel_matches_f_linear(monkeypatch) -> None:
 
     fast = steps()
     monkeypatch.setattr(gemv_module, "_kernel", lambda: None)
+    monkeypatch.setattr(gemv_module, "_norm_kernel", lambda: None)
     assert rel_err(fast, steps()) < 2e-2
+
+
+def norm_inputs(n: int, d: int, with_residual: bool, residual_in_fp32: bool, bias: bool, dtype: torch.dtype,
+                device: str = "cpu") -> tuple:
+    """Arguments of ``add_rms_norm_linear_decode``, the residual in float32 as the decoder keeps it."""
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape, dt=dtype):
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dt)
+
+    residual = rand(1, d, dt=torch.float32 if residual_in_fp32 else dtype) if with_residual else None
+    return rand(1, d), residual, rand(d), 1e-5, residual_in_fp32, rand(n, d) * d**-0.5, rand(n) if bias else None
+
+
+def norm_errors(fn, args: tuple) -> dict[str, float]:
+    """Errors of ``fn``'s product and new residual against ``add_rms_norm_linear_decode_ref`` in float64."""
+    exact = [a.double().cpu() if isinstance(a, torch.Tensor) else a for a in args]
+    y_exact, res_exact = add_rms_norm_linear_decode_ref(*exact)
+    y, res = fn(*args)
+    assert y.dtype == args[0].dtype and res.dtype == (torch.float32 if args[4] else args[0].dtype)
+    return {"y": rel_err(y, y_exact), "residual": rel_err(res, res_exact)}
+
+
+def test_norm_linear_on_cpu_is_the_composition() -> None:
+    for case in NORM_CASES:
+        args = norm_inputs(*case, dtype=torch.float32)
+        assert max(norm_errors(add_rms_norm_linear_decode, args).values()) < 1e-6, case
+
+
+@pytest.mark.skipif(not importable("triton"), reason="needs triton (installed with torch on Linux)")
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_norm_linear_kernel_in_triton_interpreter(dtype) -> None:
+    code = (
+        "import json, sys, torch; sys.path.insert(0, 'tests'); import test_ops_gemv as t; "
+        "from vl_mamba.ops import gemv as g; "
+        "fused = lambda *a: g._norm_linear_fused(g._norm_kernel(), *a); "
+        f"print(json.dumps([t.norm_errors(fused, t.norm_inputs(*c, dtype=torch.{dtype})) for c in t.NORM_CASES]))"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for case, errors in zip(NORM_CASES, json.loads(result.stdout.strip().splitlines()[-1]), strict=True):
+        # float16: the normalised row is rounded before the product, as the separate norm stores it
+        tol = 1e-6 if dtype == "float32" else 2e-3
+        assert errors["y"] < tol, (case, errors)
+        assert errors["residual"] < (1e-7 if case[3] or dtype == "float32" else 1e-3), (case, errors)
+
+
+@pytest.mark.gpu
+@needs_cuda("triton")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", [(10240, 2560, True, True, False), *NORM_CASES])
+def test_norm_linear_kernel_on_gpu(case, dtype) -> None:
+    """At Mamba-2.8B's in_proj and the odd shapes: no less accurate than the norm and the product apart."""
+    assert gemv_module._norm_kernel() is not None
+    args = norm_inputs(*case, dtype=dtype, device="cuda")
+    assert gemv_module._norm_kernel_ok(*args[:3], *args[5:])
+    fused = norm_errors(add_rms_norm_linear_decode, args)
+    apart = norm_errors(lambda *a: gemv_module._norm_linear_apart(*a), args)
+    tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
+    assert fused["y"] < tol and fused["y"] <= 1.5 * apart["y"] + 1e-3, (fused, apart)
+    assert fused["residual"] <= apart["residual"] + 1e-7, (fused, apart)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from vl_mamba.decoders.config import MambaConfig
 from vl_mamba.ops import (
     add_rms_norm,
+    add_rms_norm_linear_decode,
     causal_conv1d_fn,
     conv_state_from_input,
     linear_decode,
@@ -126,9 +127,13 @@ class MambaMixer(nn.Module):
 
     def step(self, hidden: Tensor, state: LayerState) -> Tensor:
         """One token: hidden (batch, d_model) -> (batch, d_model); ``state`` advances in place."""
+        return self.step_projected(linear_decode(hidden, self.in_proj.weight, self.in_proj.bias), state)
+
+    def step_projected(self, xz: Tensor, state: LayerState) -> Tensor:
+        """``step`` from in_proj's output xz (batch, 2 * d_inner) on."""
         # The projections are matrix-vector products at batch 1: linear_decode runs them closer to bandwidth,
         # and ssm_step fuses what lies between them (conv, x_proj, dt_proj, state update) into two kernels.
-        x, z = linear_decode(hidden, self.in_proj.weight, self.in_proj.bias).chunk(2, dim=-1)
+        x, z = xz.chunk(2, dim=-1)
         if state.A is None:
             self._store_constants(state, -torch.exp(self.A_log.float()))
         y = ssm_step(
@@ -165,8 +170,12 @@ class MambaBlock(nn.Module):
 
     def step(self, hidden: Tensor, residual: Tensor | None, state: LayerState) -> tuple[Tensor, Tensor]:
         """hidden, residual: (batch, d_model)."""
-        hidden, residual = self.norm(hidden, residual, self.residual_in_fp32)
-        return self.mixer.step(hidden, state), residual
+        # One kernel for the norm and in_proj at batch 1 (add_rms_norm_linear_decode).
+        in_proj = self.mixer.in_proj
+        xz, residual = add_rms_norm_linear_decode(
+            hidden, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32, in_proj.weight, in_proj.bias
+        )
+        return self.mixer.step_projected(xz, state), residual
 
 
 def init_dt_proj(dt_proj: nn.Linear, rank: int, dt_min: float, dt_max: float, floor: float) -> None:

@@ -10,7 +10,12 @@ from vl_mamba.ops.causal_conv1d import (
     conv_state_from_input,
 )
 from vl_mamba.ops.decode_ssm import ssm_step, ssm_step_ref
-from vl_mamba.ops.gemv import linear_decode, linear_decode_ref
+from vl_mamba.ops.gemv import (
+    add_rms_norm_linear_decode,
+    add_rms_norm_linear_decode_ref,
+    linear_decode,
+    linear_decode_ref,
+)
 from vl_mamba.ops.mamba_inner import mamba_inner_fn, mamba_inner_ref, project_scan_inputs
 from vl_mamba.ops.rms_norm import add_rms_norm, add_rms_norm_ref
 from vl_mamba.ops.selective_scan import (
@@ -24,6 +29,8 @@ from vl_mamba.ops.selective_scan import (
 
 __all__ = [
     "add_rms_norm",
+    "add_rms_norm_linear_decode",
+    "add_rms_norm_linear_decode_ref",
     "add_rms_norm_ref",
     "causal_conv1d_fn",
     "causal_conv1d_ref",
