@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +142,15 @@ def needs_cuda(*packages: str) -> pytest.MarkDecorator:
         return pytest.mark.skipif(True, reason="needs a CUDA GPU")
     missing = [p for p in packages if not importable(p)]
     return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)} (pip install vl-mamba[cuda])")
+
+
+def run_triton_interpreted(statements: str, result: str) -> object:
+    """Run ``statements`` in a fresh Python under ``TRITON_INTERPRET=1`` (Triton's CPU interpreter, chosen when a
+    kernel is defined, hence the subprocess), with ``tests`` importable; return ``result`` evaluated there, which
+    must be JSON."""
+    root = Path(__file__).resolve().parents[1]
+    code = f"import json, sys, torch; sys.path.insert(0, 'tests'); {statements}; print(json.dumps({result}))"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

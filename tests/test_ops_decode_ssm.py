@@ -1,24 +1,19 @@
 """``ssm_step``, the fused middle of a decode step (conv, x_proj, dt_proj, state update), against ``ssm_step_ref``:
 the output and both states it updates. The Triton kernels run on the CPU under ``TRITON_INTERPRET=1`` (in a
-subprocess, since the switch is read when the kernels are defined), and on the GPU in bf16 and fp16."""
+subprocess, since the switch is read when the kernels are defined), and on the GPU in bf16 and fp16; and the
+whole decode step with each of the step's Triton kernels switched off in turn."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-from _helpers import importable, needs_cuda, rel_err
+from _helpers import importable, needs_cuda, rel_err, run_triton_interpreted
 
 from vl_mamba.decoders import MambaDecoder
 from vl_mamba.ops import causal_conv1d_update, linear_decode, selective_state_update, ssm_step, ssm_step_ref
 from vl_mamba.ops import decode_ssm as decode_ssm_module
+from vl_mamba.ops import gemv as gemv_module
 
-ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("x", "z", "conv_state", "ssm_state", "conv_weight", "conv_bias", "x_proj_weight", "dt_proj_weight", "A", "D",
          "dt_bias")
 
@@ -61,17 +56,11 @@ def step_errors(step, inputs: dict) -> dict[str, float]:
 
 
 def _interpreted_errors(dtype: str) -> list[dict[str, float]]:
-    """Run the Triton kernels through Triton's CPU interpreter in a subprocess; their errors for every case."""
-    code = (
-        "import json, sys, torch; sys.path.insert(0, 'tests'); import test_ops_decode_ssm as t; "
-        "from vl_mamba.ops.decode_ssm import ssm_step_fused; "
-        f"print(json.dumps([t.step_errors(ssm_step_fused, t.step_inputs(*c, dtype=torch.{dtype})) for c in t.CASES]))"
+    """The Triton kernels' errors for every case, run by Triton's CPU interpreter."""
+    return run_triton_interpreted(
+        "import test_ops_decode_ssm as t; from vl_mamba.ops.decode_ssm import ssm_step_fused",
+        f"[t.step_errors(ssm_step_fused, t.step_inputs(*c, dtype=torch.{dtype})) for c in t.CASES]",
     )
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_cpu_composes_the_four_operations() -> None:
@@ -118,7 +107,9 @@ def test_fused_kernels_on_gpu(case, dtype) -> None:
 
 @pytest.mark.gpu
 @needs_cuda("triton")
-def test_decoder_step_with_fused_kernels(monkeypatch) -> None:
+@pytest.mark.parametrize("off", [("gemv", "_kernel"), ("gemv", "_norm_kernel"), ("decode_ssm", "_kernels"), None])
+def test_decoder_step_with_each_kernel_off(monkeypatch, off) -> None:
+    """The decode step with every Triton kernel against the same steps with one of them (or all) switched off."""
     torch.manual_seed(0)
     decoder = MambaDecoder(d_model=256, n_layer=2, vocab_size=500).cuda().to(torch.bfloat16).eval()
     token = torch.tensor([7], device="cuda")
@@ -128,7 +119,8 @@ def test_decoder_step_with_fused_kernels(monkeypatch) -> None:
         with torch.no_grad():
             return torch.stack([decoder.step(decoder.embed(token), states).float() for _ in range(6)])
 
-    fused = steps()
-    monkeypatch.setattr(decode_ssm_module, "_kernels", lambda: None)
-    assert rel_err(fused, steps()) < 2e-2
-
+    fast = steps()
+    switches = [("gemv", "_kernel"), ("gemv", "_norm_kernel"), ("decode_ssm", "_kernels")] if off is None else [off]
+    for module, name in switches:
+        monkeypatch.setattr(gemv_module if module == "gemv" else decode_ssm_module, name, lambda: None)
+    assert rel_err(fast, steps()) < 2e-2

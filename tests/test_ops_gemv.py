@@ -1,22 +1,16 @@
 """``linear_decode``, the batch-1 matrix-vector product of the decode step: the block choice, the CPU fallback,
-and on a GPU the Triton kernel against ``F.linear`` at Mamba-2.8B's projection shapes, in the decode step too.
+and on a GPU the Triton kernel against ``F.linear`` at Mamba-2.8B's projection shapes (in the decode step:
+``test_ops_decode_ssm``).
 ``add_rms_norm_linear_decode`` (the block's norm fused into its in_proj product) against its ``_ref``: on the CPU
 through Triton's interpreter (in a subprocess, since the switch is read when kernels are defined), and on a GPU."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import importable, needs_cuda, rel_err
+from _helpers import importable, needs_cuda, rel_err, run_triton_interpreted
 
-from vl_mamba.decoders import MambaDecoder
 from vl_mamba.ops import (
     add_rms_norm_linear_decode,
     add_rms_norm_linear_decode_ref,
@@ -26,7 +20,6 @@ from vl_mamba.ops import (
 from vl_mamba.ops import gemv as gemv_module
 from vl_mamba.ops.gemv import gemv_blocks
 
-ROOT = Path(__file__).resolve().parents[1]
 # (out_features, d, residual given, residual in float32, bias): rows not a multiple of the kernel's blocks, a
 # width not a power of two, the first block (no residual), a residual kept in the model's dtype.
 NORM_CASES = [(70, 300, True, True, False), (37, 64, False, True, True), (130, 256, True, False, True)]
@@ -95,24 +88,6 @@ def test_strided_row_and_fallbacks() -> None:
         torch.testing.assert_close(linear_decode(*args), F.linear(*args), rtol=0, atol=0)
 
 
-@pytest.mark.gpu
-@needs_cuda("triton")
-def test_decode_step_with_kernel_matches_f_linear(monkeypatch) -> None:
-    torch.manual_seed(0)
-    decoder = MambaDecoder(d_model=256, n_layer=2, vocab_size=500).cuda().to(torch.bfloat16).eval()
-    token = torch.tensor([7], device="cuda")
-
-    def steps():
-        states = decoder.allocate_states(1, torch.device("cuda"), torch.bfloat16)
-        with torch.no_grad():
-            return torch.stack([decoder.step(decoder.embed(token), states).float() for _ in range(4)])
-
-    fast = steps()
-    monkeypatch.setattr(gemv_module, "_kernel", lambda: None)
-    monkeypatch.setattr(gemv_module, "_norm_kernel", lambda: None)
-    assert rel_err(fast, steps()) < 2e-2
-
-
 def norm_inputs(n: int, d: int, with_residual: bool, residual_in_fp32: bool, bias: bool, dtype: torch.dtype,
                 device: str = "cpu") -> tuple:
     """Arguments of ``add_rms_norm_linear_decode``, the residual in float32 as the decoder keeps it."""
@@ -143,17 +118,12 @@ def test_norm_linear_on_cpu_is_the_composition() -> None:
 @pytest.mark.skipif(not importable("triton"), reason="needs triton (installed with torch on Linux)")
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_norm_linear_kernel_in_triton_interpreter(dtype) -> None:
-    code = (
-        "import json, sys, torch; sys.path.insert(0, 'tests'); import test_ops_gemv as t; "
-        "from vl_mamba.ops import gemv as g; "
-        "fused = lambda *a: g._norm_linear_fused(g._norm_kernel(), *a); "
-        f"print(json.dumps([t.norm_errors(fused, t.norm_inputs(*c, dtype=torch.{dtype})) for c in t.NORM_CASES]))"
+    interpreted = run_triton_interpreted(
+        "import test_ops_gemv as t; from vl_mamba.ops import gemv as g; "
+        "fused = lambda *a: g._norm_linear_fused(g._norm_kernel(), *a)",
+        f"[t.norm_errors(fused, t.norm_inputs(*c, dtype=torch.{dtype})) for c in t.NORM_CASES]",
     )
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    for case, errors in zip(NORM_CASES, json.loads(result.stdout.strip().splitlines()[-1]), strict=True):
+    for case, errors in zip(NORM_CASES, interpreted, strict=True):
         # float16: the normalised row is rounded before the product, as the separate norm stores it
         tol = 1e-6 if dtype == "float32" else 2e-3
         assert errors["y"] < tol, (case, errors)
