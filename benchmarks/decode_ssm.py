@@ -16,7 +16,6 @@ import torch
 
 from benchmarks.common import report
 from benchmarks.gemv import graph_us
-from vl_mamba.ops import causal_conv1d_update, linear_decode, selective_state_update
 from vl_mamba.ops import decode_ssm as decode_ssm_module
 
 D_INNER, D_STATE, DT_RANK, D_CONV = 5120, 16, 160, 4
@@ -36,10 +35,6 @@ def layer(device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> tuple:
     )
 
 
-def one_by_one(*args):
-    return decode_ssm_module._compose(args, causal_conv1d_update, linear_decode, selective_state_update)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+",
@@ -50,7 +45,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     layers = [layer() for _ in range(LAYERS)]
-    rows = [{"path": "one by one (4 kernels)", "us_per_layer": graph_us(lambda i: one_by_one(*layers[i]), LAYERS)}]
+    apart = graph_us(lambda i: decode_ssm_module._ssm_step_apart(*layers[i]), LAYERS)
+    rows = [{"path": "one by one (4 kernels)", "us_per_layer": apart}]
     names = ("BLOCK_C", "BLOCK_R", "BLOCK_D", "WARPS")
     defaults = {name: getattr(decode_ssm_module, name) for name in names}
     for config in args.configs:

@@ -2,10 +2,10 @@
 ``TRITON_INTERPRET=1``, which runs them on the CPU for tests).
 
 One token, one sequence. ``conv_xproj_kernel``: each program owns a block of channels and a block of ``x_proj``'s
-rows; it shifts its channels' conv window, convolves, applies SiLU, and writes its share of ``x_proj`` (the
+rows; it convolves its channels' window with the new input, applies SiLU, and writes its share of ``x_proj`` (the
 product over its channels) to one row of partial sums. ``dt_state_kernel``: each program sums those rows (dt's
-low-rank input, B and C), forms dt for its block of channels through ``dt_proj`` and softplus, and advances their
-SSM state.
+low-rank input, B and C), forms dt for its block of channels through ``dt_proj`` and softplus, advances their SSM
+state and shifts their conv window (only after every program of the first kernel has read it).
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ Between its two large projections, one token of a Mamba layer runs four small op
 (shift the window, convolve, SiLU), ``x_proj`` (to dt's low-rank input, B and C), ``dt_proj`` and the state
 update. At batch 1 each is a kernel of a few microseconds whose time is mostly its launch and its ramp, not its
 reads (x_proj and dt_proj read about 2 MB each at Mamba-2.8B's shapes). ``ssm_step`` fuses them into two Triton
-kernels (``_decode_ssm_triton``): conv + x_proj, each program writing partial sums over its channels; then dt_proj,
-softplus and the state update, each program summing those partials itself. The sums stay in float32 from x_proj
-to the state update, where the unfused step rounds x_proj's and dt_proj's outputs to the model's dtype.
+kernels (``_decode_ssm_triton``): conv + x_proj, each program writing partial sums over its channels; then
+dt_proj, softplus, the state update and the conv window's shift, each program summing those partials itself. The
+sums stay in float32 from x_proj to the state update, where the unfused step rounds x_proj's and dt_proj's
+outputs to the model's dtype.
 
 ``ssm_step`` takes the kernels for one CUDA sequence in bf16/fp16 when no gradient is wanted, and otherwise the
 same four operations one by one (each with its own kernel where installed); ``ssm_step_ref`` composes their
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 
 from vl_mamba.ops.causal_conv1d import causal_conv1d_update, causal_conv1d_update_ref
-from vl_mamba.ops.gemv import _needs_autograd, linear_decode, linear_decode_ref
+from vl_mamba.ops.gemv import _needs_autograd, _next_power_of_2, linear_decode, linear_decode_ref
 from vl_mamba.ops.selective_scan import selective_state_update, selective_state_update_ref
 
 __all__ = ["ssm_step", "ssm_step_ref", "ssm_step_fused"]
@@ -79,7 +80,7 @@ def ssm_step(
     args = (x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias)
     if _fused_ok(*args) and _kernels() is not None:
         return ssm_step_fused(*args)
-    return _compose(args, causal_conv1d_update, linear_decode, selective_state_update)
+    return _ssm_step_apart(*args)
 
 
 def ssm_step_ref(
@@ -98,6 +99,11 @@ def ssm_step_ref(
     """The specification of ``ssm_step``: the four operations' ``_ref`` twins one after the other."""
     args = (x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias)
     return _compose(args, causal_conv1d_update_ref, linear_decode_ref, selective_state_update_ref)
+
+
+def _ssm_step_apart(*args) -> Tensor:
+    """The four operations one by one, each with its own kernel where one applies."""
+    return _compose(args, causal_conv1d_update, linear_decode, selective_state_update)
 
 
 def _compose(args: tuple, conv_update, linear, state_update) -> Tensor:
@@ -180,7 +186,3 @@ def _contiguous(state: Tensor) -> Tensor:
     if not state.is_contiguous():
         raise ValueError("ssm_step_fused updates its states in place; they must be contiguous")
     return state
-
-
-def _next_power_of_2(v: int) -> int:
-    return 1 << max(0, v - 1).bit_length()

@@ -38,8 +38,6 @@ _TILE = 2048
 """Weight elements each program loads per iteration (BLOCK_N * BLOCK_K)."""
 _MIN_PROGRAMS = 264
 """Programs wanted at least: two per streaming multiprocessor of an H100 (132)."""
-
-
 _NORM_BLOCK_N = 4
 """Weight rows per iteration of the fused norm + product kernel."""
 _NORM_PROGRAMS_PER_SM = 4
