@@ -1,5 +1,5 @@
 """The batch-1 decode step of the 2.8B Mamba decoder (random bf16 weights), replayed from its CUDA graph, with the
-decode-step kernels switched on one after another, against the weight-read floor.
+decode-step kernels switched on one after another and then launched with PDL, against the weight-read floor.
 
 Each variant captures its own graph; rounds cycle through the variants so that drifts of the card's clocks hit
 each alike, and each round times 200 replays with CUDA events. The floor is the decoder's bytes of weights over
@@ -19,7 +19,7 @@ from benchmarks.common import report, time_cuda
 from benchmarks.generation import copy_bandwidth
 from vl_mamba.decoders import MambaDecoder
 from vl_mamba.generation import _decode_graph
-from vl_mamba.ops import decode_ssm, gemv
+from vl_mamba.ops import decode_ssm, gemv, pdl
 
 REPLAYS = 200
 
@@ -29,11 +29,12 @@ def _off():
 
 
 KERNELS = (gemv._kernel, gemv._norm_kernel, decode_ssm._kernels)
-VARIANTS = {
-    "cuBLAS products; norm, conv, x_proj, dt_proj, state update apart": (_off, _off, _off),
-    "Triton products (linear_decode); the rest apart": (KERNELS[0], _off, _off),
-    "+ conv, x_proj, dt_proj, state update fused (ssm_step)": (KERNELS[0], _off, KERNELS[2]),
-    "+ norm fused into in_proj (add_rms_norm_linear_decode)": KERNELS,
+VARIANTS = {  # the three kernel switches, and programmatic dependent launch
+    "cuBLAS products; norm, conv, x_proj, dt_proj, state update apart": ((_off, _off, _off), False),
+    "Triton products (linear_decode); the rest apart": ((KERNELS[0], _off, _off), False),
+    "+ conv, x_proj, dt_proj, state update fused (ssm_step)": ((KERNELS[0], _off, KERNELS[2]), False),
+    "+ norm fused into in_proj (add_rms_norm_linear_decode)": (KERNELS, False),
+    "+ programmatic dependent launch (vl_mamba.ops.pdl)": (KERNELS, True),
 }
 
 
@@ -62,10 +63,12 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     with torch.inference_mode():
         for _ in range(args.rounds):
-            for name, kernels in VARIANTS.items():
+            for name, (kernels, launch) in VARIANTS.items():
                 gemv._kernel, gemv._norm_kernel, decode_ssm._kernels = kernels
+                pdl.ENABLED = launch
                 times[name].append(step_ms(decoder, token))
     gemv._kernel, gemv._norm_kernel, decode_ssm._kernels = KERNELS
+    pdl.ENABLED = True
     bandwidth = max(bandwidth, copy_bandwidth())  # the higher of two readings: the stricter floor
     floor = weight_bytes / bandwidth * 1e3
     rows = [

@@ -76,6 +76,29 @@ def test_kernel_matches_float64_product(shape, dtype) -> None:
     assert rel_err(out, exact) <= 1.5 * rel_err(F.linear(x, w, bias), exact) + 1e-3
 
 
+def gemv_errors(pdl: bool) -> list[float]:
+    """Errors of ``gemv_kernel`` (called directly, float64) against the product, over the odd shapes of SHAPES, with
+    the plain order of loads or the PDL one (first block of weights before the wait, without the instruction)."""
+    kernel = gemv_module._kernel()
+    errors = []
+    for n, k in SHAPES[-2:] + [(70, 300)]:
+        g = torch.Generator().manual_seed(n)
+        w, x, bias = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((n, k), (1, k), (n,)))
+        y = torch.empty(1, n, dtype=torch.float64)
+        block_n, _ = gemv_blocks(n, k)
+        grid = (-(-n // block_n),)
+        kernel[grid](w, x, bias, y, n, k, HAS_BIAS=True, BLOCK_N=block_n, BLOCK_K=128, PDL=pdl, GDC=False)
+        errors.append(rel_err(y, F.linear(x, w, bias)))
+    return errors
+
+
+@pytest.mark.skipif(not importable("triton"), reason="needs triton (installed with torch on Linux)")
+def test_gemv_kernel_in_triton_interpreter() -> None:
+    """Both orders of loads, with K one block, several blocks and a partial last block: float32 sums."""
+    errors = run_triton_interpreted("import test_ops_gemv as t", "[t.gemv_errors(False), t.gemv_errors(True)]")
+    assert max(max(e) for e in errors) < 1e-6, errors
+
+
 @pytest.mark.gpu
 @needs_cuda("triton")
 def test_strided_row_and_fallbacks() -> None:
@@ -117,10 +140,11 @@ def test_norm_linear_on_cpu_is_the_composition() -> None:
 
 @pytest.mark.skipif(not importable("triton"), reason="needs triton (installed with torch on Linux)")
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_norm_linear_kernel_in_triton_interpreter(dtype) -> None:
+@pytest.mark.parametrize("pdl_order", [False, True])
+def test_norm_linear_kernel_in_triton_interpreter(dtype, pdl_order) -> None:
     interpreted = run_triton_interpreted(
-        "import test_ops_gemv as t; from vl_mamba.ops import gemv as g; "
-        "fused = lambda *a: g._norm_linear_fused(g._norm_kernel(), *a)",
+        "import test_ops_gemv as t; from vl_mamba.ops import gemv as g, pdl; "
+        f"pdl.ORDER_ANYWHERE = {pdl_order}; fused = lambda *a: g._norm_linear_fused(g._norm_kernel(), *a)",
         f"[t.norm_errors(fused, t.norm_inputs(*c, dtype=torch.{dtype})) for c in t.NORM_CASES]",
     )
     for case, errors in zip(NORM_CASES, interpreted, strict=True):

@@ -6,6 +6,10 @@ rows; it convolves its channels' window with the new input, applies SiLU, and wr
 product over its channels) to one row of partial sums. ``dt_state_kernel``: each program sums those rows (dt's
 low-rank input, B and C), forms dt for its block of channels through ``dt_proj`` and softplus, advances their SSM
 state and shifts their conv window (only after every program of the first kernel has read it).
+
+Both kernels load their weights first, then wait for the kernel before them (``grid_wait``, a no-op unless ``GDC``,
+launched with programmatic dependent launch: see ``vl_mamba.ops.pdl``), and only then read activations and states
+and write anything.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from vl_mamba.ops._gemv_triton import grid_wait
+
 
 @triton.jit
 def conv_xproj_kernel(
     X, CONV_STATE, CONV_W, CONV_B, XPROJ_W, XC, PARTIAL, E, R, RP,
     WIDTH: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_W: tl.constexpr,
+    BLOCK_W: tl.constexpr, GDC: tl.constexpr,
 ):
     """X: (E,) new conv input; CONV_STATE: (E, WIDTH), oldest first; CONV_W: (E, WIDTH); XPROJ_W: (R, E);
     XC: (E,) out, silu(conv); PARTIAL: (programs along E, RP) out, float32, each program's share of XPROJ_W @ XC.
@@ -37,13 +43,16 @@ def conv_xproj_kernel(
     window_at = c[:, None] * WIDTH + j[None, :]
     in_window = cm[:, None] & (j < WIDTH)[None, :]
     conv_w = tl.load(CONV_W + window_at, mask=in_window, other=0.0).to(tl.float32)
+    if HAS_CONV_BIAS:
+        conv_b = tl.load(CONV_B + c, mask=cm, other=0.0).to(tl.float32)
+    grid_wait(GDC)
     # the window after the shift: the old window's last WIDTH - 1 inputs, then x
     older = tl.load(CONV_STATE + window_at + 1, mask=cm[:, None] & (j < WIDTH - 1)[None, :], other=0.0)
     x = tl.load(X + c, mask=cm, other=0.0)
     window = tl.where((j == WIDTH - 1)[None, :], x[:, None], older)
     acc = tl.sum(window.to(tl.float32) * conv_w, 1)
     if HAS_CONV_BIAS:
-        acc += tl.load(CONV_B + c, mask=cm, other=0.0).to(tl.float32)
+        acc += conv_b
     xc = (acc * tl.sigmoid(acc)).to(XC.dtype.element_ty)
     if pid_r == 0:
         tl.store(XC + c, xc, mask=cm)
@@ -57,7 +66,7 @@ def dt_state_kernel(
     PARTIAL, P, RP, DT_W, DT_BIAS, A, D, X, XC, Z, CONV_STATE, STATE, Y, E, R_DT, N,
     HAS_DT_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, WIDTH: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_RDT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_W: tl.constexpr,
+    BLOCK_W: tl.constexpr, GDC: tl.constexpr,
 ):
     """PARTIAL: (P, RP) float32 rows that sum to x_proj's output [dt_low (R_DT), B (N), C (N)], P <= BLOCK_P;
     DT_W: (E, R_DT); DT_BIAS, D: (E,) float32; A: (E, N) float32; X (the conv input), XC, Z, Y: (E,); STATE:
@@ -75,17 +84,18 @@ def dt_state_kernel(
     dm = d < E
     sm = dm[:, None] & nm[None, :]
     offsets = d[:, None] * N + n[None, :]
-    dt_parts = tl.load(rows + k[None, :], mask=pm & km[None, :], other=0.0)
-    b_parts = tl.load(rows + R_DT + n[None, :], mask=pm & nm[None, :], other=0.0)
-    c_parts = tl.load(rows + R_DT + N + n[None, :], mask=pm & nm[None, :], other=0.0)
     w = tl.load(DT_W + d[:, None] * R_DT + k[None, :], mask=dm[:, None] & km[None, :], other=0.0)
-    h = tl.load(STATE + offsets, mask=sm, other=0.0)
     a = tl.load(A + offsets, mask=sm, other=0.0)
-    x = tl.load(XC + d, mask=dm, other=0.0).to(tl.float32)
     if HAS_DT_BIAS:
         dt_bias = tl.load(DT_BIAS + d, mask=dm, other=0.0)
     if HAS_D:
         skip = tl.load(D + d, mask=dm, other=0.0)
+    grid_wait(GDC)
+    dt_parts = tl.load(rows + k[None, :], mask=pm & km[None, :], other=0.0)
+    b_parts = tl.load(rows + R_DT + n[None, :], mask=pm & nm[None, :], other=0.0)
+    c_parts = tl.load(rows + R_DT + N + n[None, :], mask=pm & nm[None, :], other=0.0)
+    h = tl.load(STATE + offsets, mask=sm, other=0.0)
+    x = tl.load(XC + d, mask=dm, other=0.0).to(tl.float32)
     if HAS_Z:
         z = tl.load(Z + d, mask=dm, other=0.0).to(tl.float32)
     j = tl.arange(0, BLOCK_W)

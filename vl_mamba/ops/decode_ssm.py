@@ -23,6 +23,7 @@ from torch import Tensor
 
 from vl_mamba.ops.causal_conv1d import causal_conv1d_update, causal_conv1d_update_ref
 from vl_mamba.ops.gemv import _needs_autograd, _next_power_of_2, linear_decode, linear_decode_ref
+from vl_mamba.ops.pdl import launch_options, use_pdl
 from vl_mamba.ops.selective_scan import selective_state_update, selective_state_update_ref
 
 __all__ = ["ssm_step", "ssm_step_ref", "ssm_step_fused"]
@@ -163,12 +164,13 @@ def ssm_step_fused(
         t.contiguous() for t in (conv_weight, x_proj_weight, dt_proj_weight, A)
     )
     programs = -(-e // BLOCK_C)
+    pdl = use_pdl(x)
     partial = torch.empty(programs, rows, device=x.device, dtype=torch.float32)
     xc = torch.empty_like(x)
     conv_xproj_kernel[(programs, -(-rows // BLOCK_R))](
         x, conv_state, conv_weight, conv_bias if conv_bias is not None else x, x_proj_weight, xc, partial,
         e, rows, rows, WIDTH=width, HAS_CONV_BIAS=conv_bias is not None, BLOCK_C=BLOCK_C, BLOCK_R=BLOCK_R,
-        BLOCK_W=_next_power_of_2(width), num_warps=WARPS,
+        BLOCK_W=_next_power_of_2(width), GDC=pdl, num_warps=WARPS, **launch_options(pdl),
     )
     y = torch.empty_like(x)
     dt_state_kernel[(-(-e // BLOCK_D),)](
@@ -176,7 +178,8 @@ def ssm_step_fused(
         D if D is not None else A, x, xc, z.contiguous() if z is not None else x, conv_state, ssm_state, y, e, rank,
         n, HAS_DT_BIAS=dt_bias is not None, HAS_D=D is not None, HAS_Z=z is not None, WIDTH=width,
         BLOCK_D=BLOCK_D, BLOCK_RDT=_next_power_of_2(rank), BLOCK_N=_next_power_of_2(n),
-        BLOCK_P=_next_power_of_2(programs), BLOCK_W=_next_power_of_2(width), num_warps=WARPS,
+        BLOCK_P=_next_power_of_2(programs), BLOCK_W=_next_power_of_2(width), GDC=pdl, num_warps=WARPS,
+        **launch_options(pdl),
     )
     return y
 
