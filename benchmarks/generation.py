@@ -148,7 +148,10 @@ def main() -> None:
                 try:
                     rows.append(neox_run(parts, batch, prompt, args.new, static))
                 except torch.OutOfMemoryError:
-                    rows.append({"model": "GPT-NeoX", "batch": batch, "prompt": prompt, "ttft_ms": "OOM"})
+                    name = "GPT-NeoX 2.8B " + ("static+compile" if static else "dynamic")
+                    rows.append({"model": name, "batch": batch, "prompt": prompt, "ttft_ms": "OOM"})
+                    gc.collect()
+                    torch.cuda.empty_cache()
                 print(rows[-1], flush=True)
                 report("generation (partial)", rows, [], args.out, quiet=True)
         del parts
