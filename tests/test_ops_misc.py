@@ -14,6 +14,7 @@ from vl_mamba.ops import (
     add_rms_norm,
     add_rms_norm_ref,
     causal_conv1d_ref,
+    in_proj_channel_major,
     mamba_inner_fn,
     mamba_inner_ref,
     project_scan_inputs,
@@ -117,6 +118,27 @@ def test_mamba_inner_matches_ref_composition(dtype, length):
     assert_close_rel(out[0], out_ref[0], TOLERANCE[dtype], "output")
     for name in grads_ref:
         assert_close_rel(grads[name], grads_ref[name], TOLERANCE[dtype], f"grad of {name}")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("bias", [False, True])
+def test_in_proj_channel_major_is_the_product_in_the_scan_layout(batch, bias):
+    """The (batch, out, L) product as F.linear gives it transposed, with gradients; L the unit-stride axis and no
+    copy: the result is a view of one (out, batch * L) product."""
+    gen = torch.Generator().manual_seed(batch)
+    hidden, weight, b = (torch.randn(*s, generator=gen, dtype=torch.float64).requires_grad_()
+                         for s in ((batch, 5, 6), (8, 6), (8,)))
+    xz = in_proj_channel_major(hidden, weight, b if bias else None)
+    expected = F.linear(hidden, weight, b if bias else None).transpose(1, 2)
+    assert xz.shape == (batch, 8, 5) and xz.stride(-1) == 1
+    if not bias:
+        assert xz.stride() == (5, batch * 5, 1)
+    torch.testing.assert_close(xz, expected, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn(batch, 8, 5, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad((xz * upstream).sum(), (hidden, weight))
+    grads_ref = torch.autograd.grad((expected * upstream).sum(), (hidden, weight))
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
 
 
 def test_mamba_inner_fn_dispatches_to_ref_on_cpu():

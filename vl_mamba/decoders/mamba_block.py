@@ -18,6 +18,7 @@ from vl_mamba.ops import (
     add_rms_norm_linear_decode,
     causal_conv1d_fn,
     conv_state_from_input,
+    in_proj_channel_major,
     linear_decode,
     mamba_inner_fn,
     project_scan_inputs,
@@ -86,9 +87,7 @@ class MambaMixer(nn.Module):
             (batch, L, d_model).
         """
         # (batch, 2 * d_inner, L) with L the unit-stride axis: x and z reach the conv and the scan uncopied.
-        xz = torch.matmul(self.in_proj.weight, hidden.transpose(1, 2))
-        if self.in_proj.bias is not None:
-            xz = xz + self.in_proj.bias.unsqueeze(-1).to(xz.dtype)
+        xz = in_proj_channel_major(hidden, self.in_proj.weight, self.in_proj.bias)
         A = -torch.exp(self.A_log.float())
         if state is None and mask is None:
             return mamba_inner_fn(

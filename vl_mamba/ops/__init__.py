@@ -16,7 +16,12 @@ from vl_mamba.ops.gemv import (
     linear_decode,
     linear_decode_ref,
 )
-from vl_mamba.ops.mamba_inner import mamba_inner_fn, mamba_inner_ref, project_scan_inputs
+from vl_mamba.ops.mamba_inner import (
+    in_proj_channel_major,
+    mamba_inner_fn,
+    mamba_inner_ref,
+    project_scan_inputs,
+)
 from vl_mamba.ops.rms_norm import add_rms_norm, add_rms_norm_ref
 from vl_mamba.ops.selective_scan import (
     linear_scan,
@@ -38,6 +43,7 @@ __all__ = [
     "causal_conv1d_update",
     "causal_conv1d_update_ref",
     "conv_state_from_input",
+    "in_proj_channel_major",
     "linear_decode",
     "linear_decode_ref",
     "linear_scan",

@@ -16,7 +16,7 @@ from torch import Tensor
 from vl_mamba.ops.causal_conv1d import causal_conv1d_fn
 from vl_mamba.ops.selective_scan import selective_scan_fn
 
-__all__ = ["mamba_inner_fn", "mamba_inner_ref"]
+__all__ = ["in_proj_channel_major", "mamba_inner_fn", "mamba_inner_ref", "project_scan_inputs"]
 
 
 @functools.cache
@@ -93,12 +93,27 @@ def mamba_inner_ref(
     return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
 
 
+def in_proj_channel_major(hidden: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """in_proj into the scan's layout: hidden (batch, L, d) -> (batch, out, L) with L the unit-stride axis.
+
+    One product over all tokens, ``weight @ hidden^T`` of shape (out, batch * L), viewed (not copied) as
+    (batch, out, L): its batch stride is L and its channel stride batch * L, which the conv and scan kernels take
+    as they are. (``torch.matmul(weight, hidden.transpose(1, 2))`` computes the same product row-major and then
+    copies it into that layout.)
+    """
+    batch, length, d = hidden.shape
+    xz = (weight @ hidden.reshape(batch * length, d).t()).view(-1, batch, length).transpose(0, 1)
+    return xz if bias is None else xz + bias.unsqueeze(-1).to(xz.dtype)
+
+
 def project_scan_inputs(
     x: Tensor, x_proj_weight: Tensor, delta_proj_weight: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """x (batch, d_inner, L) -> dt (batch, d_inner, L) before bias, B and C (batch, N, L).
 
-    Channel-major products (weight @ x) keep L the unit-stride axis, as the scan wants, with no transposed copy.
+    Channel-major products (weight @ x) keep L the unit-stride axis, as the scan wants. (Batched products with the
+    weight broadcast by a zero stride avoid the copies that ``torch.matmul`` makes here, but cuBLAS runs them
+    with slower kernels: measured slower in the prefill, ``BENCHMARKS.md``.)
     """
     rank = delta_proj_weight.shape[1]
     n = (x_proj_weight.shape[0] - rank) // 2
