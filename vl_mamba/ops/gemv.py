@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vl_mamba.ops import pdl as pdl_launch
-from vl_mamba.ops.pdl import launch_options, use_pdl
+from vl_mamba.ops.pdl import launch_options, use_pdl, weights_first
 from vl_mamba.ops.rms_norm import add_rms_norm, add_rms_norm_ref
 
 __all__ = [
@@ -124,7 +123,7 @@ def linear_decode(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tens
             has_bias, pdl = bias is not None, use_pdl(x)
             kernel[(-(-n // block_n),)](
                 weight, x, bias if has_bias else y, y, n, k, HAS_BIAS=has_bias, BLOCK_N=block_n, BLOCK_K=block_k,
-                PDL=pdl or pdl_launch.ORDER_ANYWHERE, GDC=pdl, num_warps=4, **launch_options(pdl),
+                PDL=weights_first(x), GDC=pdl, num_warps=4, **launch_options(pdl),
             )
             return y
     return F.linear(x, weight, bias)
@@ -206,7 +205,7 @@ def _norm_linear_fused(kernel, hidden, residual, norm_weight, eps, residual_in_f
     kernel[(programs,)](
         hidden, residual if residual is not None else hidden, norm_weight, weight, bias if bias is not None else y,
         y, new_residual, n, k, eps, programs, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-        BLOCK_N=_NORM_BLOCK_N, BLOCK_K=_next_power_of_2(k), PDL=pdl or pdl_launch.ORDER_ANYWHERE, GDC=pdl,
+        BLOCK_N=_NORM_BLOCK_N, BLOCK_K=_next_power_of_2(k), PDL=weights_first(hidden), GDC=pdl,
         num_warps=8, **launch_options(pdl),
     )
     return y, new_residual

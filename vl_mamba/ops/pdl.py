@@ -23,7 +23,7 @@ import os
 import torch
 from torch import Tensor
 
-__all__ = ["ENABLED", "ORDER_ANYWHERE", "launch_options", "use_pdl"]
+__all__ = ["ENABLED", "ORDER_ANYWHERE", "launch_options", "use_pdl", "weights_first"]
 
 ENABLED = os.environ.get("VL_MAMBA_PDL", "1") != "0"
 ORDER_ANYWHERE = False
@@ -32,6 +32,12 @@ ORDER_ANYWHERE = False
 def use_pdl(t: Tensor) -> bool:
     """Whether the decode kernels launch with PDL on ``t``'s device."""
     return ENABLED and t.is_cuda and _supported(t.device)
+
+
+def weights_first(t: Tensor) -> bool:
+    """Whether the matrix-vector kernels on ``t``'s device take the PDL order of loads: with PDL, or anywhere
+    under ``ORDER_ANYWHERE``."""
+    return ORDER_ANYWHERE or use_pdl(t)
 
 
 def launch_options(pdl: bool) -> dict[str, bool]:
