@@ -23,6 +23,7 @@ from vl_mamba.ops.mamba_inner import (
     project_scan_inputs,
 )
 from vl_mamba.ops.rms_norm import add_rms_norm, add_rms_norm_ref
+from vl_mamba.ops.scan_triton import selective_scan_triton
 from vl_mamba.ops.selective_scan import (
     linear_scan,
     selective_scan_fn,
@@ -53,6 +54,7 @@ __all__ = [
     "selective_scan_fn",
     "selective_scan_ref",
     "selective_scan_torch",
+    "selective_scan_triton",
     "selective_state_update",
     "selective_state_update_ref",
     "ssm_step",

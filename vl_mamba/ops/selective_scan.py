@@ -7,8 +7,8 @@ For every channel ``d`` and state index ``n``::
 
 Three functions share one signature (mamba_ssm's):
 
-- ``selective_scan_fn``: the entry point. mamba_ssm's CUDA kernel for CUDA tensors when mamba_ssm is installed,
-  ``selective_scan_torch`` otherwise.
+- ``selective_scan_fn``: the entry point. For CUDA tensors mamba_ssm's CUDA kernel when mamba_ssm is installed,
+  else ``selective_scan_triton`` (``scan_triton``) when Triton is; ``selective_scan_torch`` otherwise.
 - ``selective_scan_torch``: the recurrence in PyTorch, in cache-sized tiles of time steps, with a hand-written
   backward that recomputes each tile's states instead of storing them. It only ever multiplies single-step
   decays, never exponentiates a growing sum, so it cannot overflow however large ``dt * |A|`` becomes.
@@ -47,6 +47,18 @@ def _cuda_scan():
 
 
 @functools.cache
+def _triton_scan():
+    """``selective_scan_triton``, or None where Triton does not import."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return None
+    from vl_mamba.ops.scan_triton import selective_scan_triton
+
+    return selective_scan_triton
+
+
+@functools.cache
 def _cuda_state_update():
     try:
         from mamba_ssm.ops.triton.selective_state_update import selective_state_update as kernel
@@ -72,7 +84,8 @@ def selective_scan_fn(
     delta_softplus: bool = False,
     return_last_state: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Selective scan: mamba_ssm's CUDA kernel when it applies, ``selective_scan_torch`` otherwise.
+    """Selective scan: mamba_ssm's CUDA kernel when it applies, else the Triton scan on CUDA, else
+    ``selective_scan_torch``.
 
     Args:
         u: input, (batch, dim, L).
@@ -96,6 +109,8 @@ def selective_scan_fn(
                 # The kernel takes any strides but a unit one along L, and copies only what lacks it.
                 u, delta, A.contiguous(), B, C, D, z, delta_bias, delta_softplus, return_last_state,
             )
+        if _triton_scan() is not None:
+            return _triton_scan()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
