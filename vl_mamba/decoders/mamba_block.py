@@ -74,6 +74,15 @@ class MambaMixer(nn.Module):
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
         init_dt_proj(self.dt_proj, r, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor)
+        self.recomputed = False
+        """Set by the decoder while the layer runs under activation checkpointing (its saved activations then
+        live one block at a time): a layer whose own weights are frozen then takes the unfused ops, whose backward
+        computes no weight gradients, where mamba_ssm's fused backward computes them all (out_proj's alone costs
+        as much as its forward product). Without checkpointing the fused path stays, since it stores less
+        (it recomputes the conv in the backward)."""
+
+    def _weights_trained(self) -> bool:
+        return any(p.requires_grad for name, p in self.named_parameters() if not name.startswith("in_proj."))
 
     def forward(self, hidden: Tensor, state: LayerState | None = None, mask: Tensor | None = None) -> Tensor:
         """Whole sequences.
@@ -89,7 +98,7 @@ class MambaMixer(nn.Module):
         # (batch, 2 * d_inner, L) with L the unit-stride axis: x and z reach the conv and the scan uncopied.
         xz = in_proj_channel_major(hidden, self.in_proj.weight, self.in_proj.bias)
         A = -torch.exp(self.A_log.float())
-        if state is None and mask is None:
+        if state is None and mask is None and not (self.recomputed and not self._weights_trained()):
             return mamba_inner_fn(
                 xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
                 self.out_proj.weight, self.out_proj.bias, A, self.D.float(), self.dt_proj.bias.float(),
