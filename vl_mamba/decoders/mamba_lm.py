@@ -45,7 +45,9 @@ class MambaDecoder(LanguageDecoder):
         pad_vocab_size_multiple: embedding rows are padded to a multiple of this.
         dt_min, dt_max: range of the initial time steps of a model built from scratch (mamba_ssm's 0.001-0.1 by
             default, timescales of 10 to 1,000 tokens; short sequences learn faster with larger steps).
-        gradient_checkpointing: recompute each block in the backward pass.
+        gradient_checkpointing: recompute each block in the backward pass. Each block then keeps one float32
+            tensor for the backward (the residual stream with its input added), and a block whose mixer weights
+            are all frozen runs the unfused Mamba ops, which compute no weight gradients.
         revision: hub revision of ``pretrained``.
     """
 
