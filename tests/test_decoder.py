@@ -270,6 +270,27 @@ def test_frozen_layers_under_checkpointing_take_the_unfused_path():
     assert decoder.backbone.layers[1].mixer.out_proj.weight.grad is not None
 
 
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda("mamba_ssm", "causal_conv1d")])]
+)
+def test_checkpointed_backward_after_another_forward(device):
+    """The recomputation in the backward takes the path its forward took, even when another forward (here one
+    without gradients, on which no block is checkpointed) ran in between. (On a GPU the two paths save different
+    tensors, and checkpointing would refuse a recomputation that took the other.)"""
+    decoder = tiny_decoder(d_model=64, d_state=16).to(device).train().requires_grad_(False)
+    decoder.gradient_checkpointing = True
+    embeds = decoder.embed(torch.randint(0, 100, (2, 11)).to(device)).detach().requires_grad_(True)
+    loss = decoder(inputs_embeds=embeds).logsumexp(-1).mean()
+    with torch.no_grad():
+        decoder(inputs_embeds=embeds)
+    loss.backward()
+    reference = embeds.detach().requires_grad_(True)
+    decoder.gradient_checkpointing = False
+    decoder(inputs_embeds=reference).logsumexp(-1).mean().backward()
+    assert_close_rel(embeds.grad, reference.grad, 1e-6, "gradient of the embeddings")
+    assert not any(layer.mixer.recomputed for layer in decoder.backbone.layers)
+
+
 def test_input_errors():
     decoder = tiny_decoder()
     with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):

@@ -75,7 +75,7 @@ class MambaMixer(nn.Module):
         self.D._no_weight_decay = True
         init_dt_proj(self.dt_proj, r, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor)
         self.recomputed = False
-        """Set by the decoder while the layer runs under activation checkpointing (its saved activations then
+        """True while the layer runs under the decoder's activation checkpointing (its saved activations then
         live one block at a time): a layer whose own weights are frozen then takes the unfused ops, whose backward
         computes no weight gradients, where mamba_ssm's fused backward computes them all (out_proj's alone costs
         as much as its forward product). Without checkpointing the fused path stays, since it stores less

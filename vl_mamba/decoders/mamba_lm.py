@@ -173,16 +173,14 @@ class MambaDecoder(LanguageDecoder):
         hidden, residual = inputs_embeds, None
         for i, layer in enumerate(self.backbone.layers):
             state = None if states is None else states[i]
-            recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-            layer.mixer.recomputed = recompute
-            if recompute:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 if residual is not None:
                     # One tensor crosses into the checkpoint, the residual stream with this block's input added
                     # (as the block's norm would add it), so that one tensor per layer is kept for the backward:
                     # 4 bytes a value in float32 instead of 6 (the bf16 input beside the float32 residual).
                     dtype = torch.float32 if self.config.residual_in_fp32 else hidden.dtype
                     hidden, residual = hidden.to(dtype) + residual, None
-                hidden, residual = checkpoint(layer, hidden, residual, state, mask, use_reentrant=False)
+                hidden, residual = checkpoint(_recomputed, layer, hidden, residual, state, mask, use_reentrant=False)
             else:
                 hidden, residual = layer(hidden, residual, state, mask)
         hidden, _ = self.backbone.norm_f(hidden, residual, self.config.residual_in_fp32)
@@ -204,3 +202,13 @@ class MambaDecoder(LanguageDecoder):
     def extra_repr(self) -> str:
         fields = ("d_model", "n_layer", "vocab_size", "d_state", "expand")
         return ", ".join(f"{f}={getattr(self.config, f)}" for f in fields)
+
+
+def _recomputed(layer: nn.Module, *inputs):
+    """Run a block under activation checkpointing, its mixer told so (``MambaMixer.recomputed``) for this call only:
+    the backward's recomputation passes through here again and takes the same path, whatever ran in between."""
+    layer.mixer.recomputed = True
+    try:
+        return layer(*inputs)
+    finally:
+        layer.mixer.recomputed = False
