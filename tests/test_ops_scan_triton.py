@@ -69,6 +69,19 @@ def test_interpreted_matches_reference() -> None:
         assert max(errs) < 2e-6, (case, errs)
 
 
+def test_empty_inputs() -> None:
+    """No time steps, or no sequences: the same empty results as the reference (no kernel is launched)."""
+    from vl_mamba.ops.scan_triton import selective_scan_triton
+    from vl_mamba.ops.selective_scan import selective_scan_ref
+
+    for batch, length in ((2, 0), (0, 5)):
+        args = [torch.randn(batch, 8, length), torch.randn(batch, 8, length), -torch.rand(8, 4),
+                torch.randn(batch, 4, length), torch.randn(batch, 4, length)]
+        y, last = selective_scan_triton(*args, return_last_state=True)
+        y_ref, last_ref = selective_scan_ref(*args, return_last_state=True)
+        assert y.shape == y_ref.shape and torch.equal(last, last_ref)
+
+
 def test_no_gradient_no_states() -> None:
     """Without a backward to follow, the forward keeps no per-chunk states (checked through the interpreter)."""
     result = run_triton_interpreted(

@@ -62,9 +62,11 @@ def selective_scan_triton(
     return_last_state: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """The Triton selective scan; arguments and result as ``selective_scan_fn``."""
-    from vl_mamba.ops.selective_scan import _check_shapes
+    from vl_mamba.ops.selective_scan import _check_shapes, selective_scan_torch
 
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    if u.numel() == 0:  # nothing to launch a grid over
+        return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     y, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return (y, last) if return_last_state else y
 
