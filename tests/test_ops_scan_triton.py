@@ -82,6 +82,16 @@ def test_empty_inputs() -> None:
         assert y.shape == y_ref.shape and torch.equal(last, last_ref)
 
 
+def test_offsets_within_a_sequence() -> None:
+    """The kernels' 32-bit offsets cover one sequence: its extent counts every axis but the batch, with the
+    strides of views such as a half of in_proj's output (channel stride batch x L)."""
+    from vl_mamba.ops.scan_triton import _extent
+
+    xz = torch.empty(6, 3, 10).transpose(0, 1)  # (batch 3, channels 6, L 10), strides (10, 30, 1)
+    assert _extent(xz) == 5 * 30 + 9
+    assert _extent(torch.empty(3, 2, 4, 10)) == 1 * 40 + 3 * 10 + 9
+
+
 def test_no_gradient_no_states() -> None:
     """Without a backward to follow, the forward keeps no per-chunk states (checked through the interpreter)."""
     result = run_triton_interpreted(

@@ -65,10 +65,22 @@ def selective_scan_triton(
     from vl_mamba.ops.selective_scan import _check_shapes, selective_scan_torch
 
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    if u.numel() == 0:  # nothing to launch a grid over
+    # The kernels address one sequence with 32-bit offsets (the sequence's own offset is 64-bit): a layout whose
+    # per-sequence extent does not fit is copied to a contiguous one, and where even that does not fit (one
+    # sequence of more than 2^31 values), the PyTorch scan takes over, as it does for empty inputs.
+    u, delta, B, C, z = (t if t is None or _extent(t) < _OFFSET_LIMIT else t.contiguous() for t in (u, delta, B, C, z))
+    if u.numel() == 0 or any(t is not None and _extent(t) >= _OFFSET_LIMIT for t in (u, delta, B, C, z)):
         return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     y, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return (y, last) if return_last_state else y
+
+
+_OFFSET_LIMIT = 2**31
+
+
+def _extent(t: Tensor) -> int:
+    """The largest element offset within one sequence (every axis but the first, the batch)."""
+    return sum((size - 1) * stride for size, stride in zip(t.shape[1:], t.stride()[1:]))
 
 
 def _block(channels_per_group: int, wanted: int) -> int:
