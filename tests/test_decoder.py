@@ -5,6 +5,7 @@ GPU, mamba_ssm's fused path against the CPU path."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -229,22 +230,29 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         assert_close_rel(grads[1][name], grads[0][name], 1e-6, name)
 
 
+@contextlib.contextmanager
+def fused_layer_calls():
+    """Counts the calls of the fused Mamba layer (``mamba_inner_fn``) inside the block: yields the list of calls."""
+    from vl_mamba.decoders import mamba_block
+
+    fused, calls = mamba_block.mamba_inner_fn, []
+    mamba_block.mamba_inner_fn = lambda *a, **k: calls.append(1) or fused(*a, **k)
+    try:
+        yield calls
+    finally:
+        mamba_block.mamba_inner_fn = fused
+
+
 def frozen_checkpointed_run(device: str = "cpu") -> tuple[int, torch.Tensor, torch.Tensor]:
     """A frozen decoder under activation checkpointing, fed embeddings that want gradients (the first training
     stage, in which only the connector learns): how many times the fused layer ran, the logits, and the
     embeddings' gradient."""
-    from vl_mamba.decoders import mamba_block
-
     decoder = tiny_decoder(d_model=64, d_state=16).to(device).train().requires_grad_(False)
     decoder.gradient_checkpointing = True
     embeds = decoder.embed(torch.randint(0, 100, (2, 37)).to(device)).detach().requires_grad_(True)
-    fused, calls = mamba_block.mamba_inner_fn, []
-    mamba_block.mamba_inner_fn = lambda *a, **k: calls.append(1) or fused(*a, **k)
-    try:
+    with fused_layer_calls() as calls:
         logits = decoder(inputs_embeds=embeds)
         logits.logsumexp(-1).mean().backward()
-    finally:
-        mamba_block.mamba_inner_fn = fused
     return len(calls), logits.detach(), embeds.grad
 
 
@@ -256,14 +264,8 @@ def test_frozen_layers_under_checkpointing_take_the_unfused_path():
     decoder = tiny_decoder(d_model=64, d_state=16).train()
     decoder.gradient_checkpointing = True
     decoder.requires_grad_(False).backbone.layers[1].mixer.out_proj.weight.requires_grad_(True)
-    from vl_mamba.decoders import mamba_block
-
-    fused, used = mamba_block.mamba_inner_fn, []
-    mamba_block.mamba_inner_fn = lambda *a, **k: used.append(1) or fused(*a, **k)
-    try:
+    with fused_layer_calls() as used:
         decoder(input_ids=torch.randint(0, 100, (2, 9))).sum().backward()
-    finally:
-        mamba_block.mamba_inner_fn = fused
     # layer 1 trains out_proj: fused, in the forward and again in the backward's recomputation; layer 0 (frozen,
     # not recomputed since nothing before it wants a gradient) would have been a third
     assert len(used) == 2

@@ -92,12 +92,29 @@ def _block(channels_per_group: int, wanted: int) -> int:
     return block
 
 
-def _bc4(M: Tensor) -> Tensor:
-    return M.unsqueeze(1) if M.dim() == 3 else M
-
-
 def _chunks(length: int, steps: int) -> int:
     return max(1, -(-length // steps))
+
+
+class _Operands:
+    """What both kernels take first: the inputs (absent optional ones replaced by a dummy pointer, with their
+    HAS_* flags), their strides, and the sizes; B and C as (batch, G, N, L) views."""
+
+    def __init__(self, u, delta, Af, B, C, D, z, delta_bias, softplus: bool, wanted_block: int) -> None:
+        batch, dim, length = u.shape
+        B4, C4 = (M.unsqueeze(1) if M.dim() == 3 else M for M in (B, C))
+        self.batch, self.dim, self.length = batch, dim, length
+        self.groups, self.n = B4.shape[1], Af.shape[1]
+        self.dg = dim // self.groups
+        self.block_d = _block(self.dg, wanted_block)
+        zz = z if z is not None else u
+        self.tensors = (u, delta, Af, B4, C4, Af if D is None else D, zz, Af if delta_bias is None else delta_bias)
+        self.strides = (*u.stride(), *delta.stride(), *B4.stride(), *C4.stride(), *zz.stride())
+        self.flags = {"HAS_D": D is not None, "HAS_Z": z is not None, "HAS_BIAS": delta_bias is not None,
+                      "SOFTPLUS": softplus}
+
+    def grid(self) -> tuple[int, int]:
+        return -(-self.dim // self.block_d), self.batch
 
 
 class _TritonScan(torch.autograd.Function):
@@ -105,25 +122,17 @@ class _TritonScan(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         cfg = CONFIG
         fwd, _ = _kernels()
-        batch, dim, length = u.shape
-        B4, C4 = _bc4(B), _bc4(C)
-        groups, n = B4.shape[1], A.shape[1]
-        dg = dim // groups
-        block_d = _block(dg, cfg.block_d)
-        nchunk = _chunks(length, cfg.steps)
         Af = A.float().contiguous()
+        ops = _Operands(u, delta, Af, B, C, D, z, delta_bias, bool(delta_softplus), cfg.block_d)
+        nchunk = _chunks(ops.length, cfg.steps)
         keep = any(ctx.needs_input_grad[:8])
-        out = torch.empty(batch, dim, length, dtype=u.dtype, device=u.device)
-        states = Af.new_empty(batch, dim, nchunk, n) if keep else Af.new_empty(1)
-        last = Af.new_zeros(batch, dim, n)
-        zz = z if z is not None else u
-        fwd[(triton_cdiv(dim, block_d), batch)](
-            u, delta, Af, B4, C4, D if D is not None else Af, zz, delta_bias if delta_bias is not None else Af,
-            out, states, last,
-            length, dim, n, dg, nchunk,
-            *u.stride(), *delta.stride(), *B4.stride(), *C4.stride(), *zz.stride(), *out.stride(),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-            STORE_STATES=keep, BLOCK_D=block_d, NS=n, T=cfg.steps, num_warps=cfg.warps,
+        out = torch.empty(ops.batch, ops.dim, ops.length, dtype=u.dtype, device=u.device)
+        states = Af.new_empty(ops.batch, ops.dim, nchunk, ops.n) if keep else Af.new_empty(1)
+        last = Af.new_zeros(ops.batch, ops.dim, ops.n)
+        fwd[ops.grid()](
+            *ops.tensors, out, states, last,
+            ops.length, ops.dim, ops.n, ops.dg, nchunk, *ops.strides, *out.stride(),
+            **ops.flags, STORE_STATES=keep, BLOCK_D=ops.block_d, NS=ops.n, T=cfg.steps, num_warps=cfg.warps,
         )
         ctx.save_for_backward(u, delta, Af, B, C, D, z, delta_bias, states)
         ctx.delta_softplus = bool(delta_softplus)
@@ -136,34 +145,27 @@ class _TritonScan(torch.autograd.Function):
         cfg = CONFIG
         _, bwd = _kernels()
         u, delta, Af, B, C, D, z, delta_bias, states = ctx.saved_tensors
-        batch, dim, length = u.shape
-        B4, C4 = _bc4(B), _bc4(C)
-        groups, n = B4.shape[1], Af.shape[1]
-        dg = dim // groups
-        block_d = _block(dg, cfg.bwd_block_d)
-        nchunk = states.shape[2]
+        ops = _Operands(u, delta, Af, B, C, D, z, delta_bias, ctx.delta_softplus, cfg.bwd_block_d)
+        batch, dim, length, n = ops.batch, ops.dim, ops.length, ops.n
         if grad_out is None:
             grad_out = torch.zeros(batch, dim, length, dtype=u.dtype, device=u.device)
         grad_out = grad_out.contiguous()
         grad_u = torch.empty(batch, dim, length, dtype=u.dtype, device=u.device)
         grad_delta = torch.empty(batch, dim, length, dtype=delta.dtype, device=u.device)
         grad_z = torch.empty(batch, dim, length, dtype=z.dtype, device=u.device) if z is not None else grad_u
-        grad_B = Af.new_zeros(batch, groups, n, length)
-        grad_C = Af.new_zeros(batch, groups, n, length)
+        grad_B = Af.new_zeros(batch, ops.groups, n, length)
+        grad_C = Af.new_zeros(batch, ops.groups, n, length)
         grad_A = Af.new_zeros(batch, dim, n)
         grad_D = Af.new_empty(batch, dim) if D is not None else Af
         grad_bias = Af.new_empty(batch, dim) if delta_bias is not None else Af
-        zz = z if z is not None else u
         # the adjoint carried between chunks, which starts as the last state's gradient
         carry = grad_last.float().clone() if grad_last is not None else Af.new_zeros(batch, dim, n)
-        bwd[(triton_cdiv(dim, block_d), batch)](
-            u, delta, Af, B4, C4, D if D is not None else Af, zz, delta_bias if delta_bias is not None else Af,
-            grad_out, states, carry,
+        bwd[ops.grid()](
+            *ops.tensors, grad_out, states, carry,
             grad_u, grad_delta, grad_z, grad_B, grad_C, grad_A, grad_D, grad_bias,
-            length, dim, n, dg, nchunk,
-            *u.stride(), *delta.stride(), *B4.stride(), *C4.stride(), *zz.stride(), *grad_out.stride(),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
-            HAS_DLAST=grad_last is not None, BLOCK_D=block_d, NS=n, T=ctx.steps, num_warps=cfg.bwd_warps,
+            length, dim, n, ops.dg, states.shape[2], *ops.strides, *grad_out.stride(),
+            **ops.flags, HAS_DLAST=grad_last is not None, BLOCK_D=ops.block_d, NS=n, T=ctx.steps,
+            num_warps=cfg.bwd_warps,
         )
         if B.dim() == 3:
             grad_B, grad_C = grad_B.squeeze(1), grad_C.squeeze(1)
@@ -178,8 +180,3 @@ class _TritonScan(torch.autograd.Function):
             grad_bias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
             None,
         )
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-

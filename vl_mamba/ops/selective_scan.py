@@ -109,8 +109,9 @@ def selective_scan_fn(
                 # The kernel takes any strides but a unit one along L, and copies only what lacks it.
                 u, delta, A.contiguous(), B, C, D, z, delta_bias, delta_softplus, return_last_state,
             )
-        if _triton_scan() is not None:
-            return _triton_scan()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        kernel = _triton_scan()
+        if kernel is not None:
+            return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
