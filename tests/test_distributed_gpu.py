@@ -1,6 +1,7 @@
 """FSDP on two GPUs: the tiny model and a mid-size one train, the loss curve matches a one-GPU run (every rank
-reads the same batch, so data parallelism must apply the same update), and a sharded checkpoint resumes
-where the run stopped. Skipped unless two CUDA GPUs are present; run on a multi-GPU machine."""
+reads the same batch, so data parallelism must apply the same update), also with activation checkpointing,
+and a sharded checkpoint resumes where the run stopped. Skipped unless two CUDA GPUs are present; run on a
+multi-GPU machine."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ COMMON = ["--trainer.accelerator=gpu", "--trainer.precision=bf16-mixed", "--trai
           "--trainer.max_epochs=-1", "--trainer.enable_model_summary=false", "--model.warmup_ratio=0",
           "--model.min_lr_ratio=1.0", "--model.lr=1e-3", "--data.init_args.num_batches=4"]
 FSDP = ["--trainer.devices=2", "--config", str(ROOT / "configs/strategy/fsdp.yaml")]
+CHECKPOINTING = ["--config", str(ROOT / "configs/strategy/fsdp_checkpointing.yaml")]
 
 
 def _fit(tmp: Path, name: str, *extra: str) -> dict[int, float]:
@@ -64,3 +66,13 @@ def test_fsdp_matches_one_gpu_and_resumes(size: str, tmp_path: Path) -> None:
     resumed = _fit(tmp_path, "resumed", *FSDP, "--trainer.max_steps=6", f"--ckpt_path={last}", *extra)
     assert sorted(resumed) == [3, 4, 5]
     _close(resumed, {s: sharded[s] for s in (3, 4, 5)}, rel=1e-3)
+
+
+@pytest.mark.parametrize("stage", ["finetune", "align"])
+def test_fsdp_with_checkpointing_matches_one_gpu(stage: str, tmp_path: Path) -> None:
+    # The decoder checkpoints its own blocks around their FSDP units; the ViT blocks get FSDP's wrapper. In the
+    # align stage the decoder is frozen, and its checkpointed blocks run the unfused ops.
+    single = _fit(tmp_path, "single", "--trainer.devices=1", "--trainer.max_steps=6", f"--model.stage={stage}")
+    sharded = _fit(tmp_path, "fsdp", *FSDP, *CHECKPOINTING, "--trainer.max_steps=6", f"--model.stage={stage}")
+    _close(sharded, single, rel=1e-3)
+    assert single[5] < single[0]

@@ -17,6 +17,7 @@ from vl_mamba.model import VLMamba
 from vl_mamba.training.lit_module import VLMambaLitModule, load_connector
 from vl_mamba.training.optim import param_groups, warmup_cosine
 from vl_mamba.training.stages import apply_stage, parts_table
+from vl_mamba.training.strategies import VLMambaFSDPStrategy
 
 
 def tiny_model() -> VLMamba:
@@ -107,3 +108,20 @@ def test_stage_two_starts_from_a_stage_one_connector(tmp_path: Path, tokenizer_p
     for name, value in first.connector.state_dict().items():
         assert torch.equal(module.model.connector.state_dict()[name], value), name
     assert module.block_classes() == {ConvBlock, MambaBlock}
+
+
+def test_fsdp_checkpointing_leaves_the_mamba_blocks_to_the_decoder(tokenizer_path: Path) -> None:
+    module = VLMambaLitModule(
+        ConvEncoder(16, (8, 16)), VSSL2Connector(scan="bi", d_state=4), MambaDecoder(d_model=16, n_layer=2,
+        vocab_size=50277), tokenizer=str(tokenizer_path),
+    )
+    plain = VLMambaFSDPStrategy()
+    plain.connect(module)
+    assert plain._wrapper_checkpointed(module.block_classes()) == ()
+    assert not module.model.decoder.gradient_checkpointing
+    strategy = VLMambaFSDPStrategy(checkpoint_blocks=True)
+    strategy.connect(module)
+    # The decoder checkpoints its own blocks (one tensor a block, no weight gradients for frozen ones); FSDP's
+    # wrapper takes the encoder's.
+    assert strategy._wrapper_checkpointed(module.block_classes()) == (ConvBlock,)
+    assert module.model.decoder.gradient_checkpointing

@@ -19,6 +19,9 @@ class LanguageDecoder(nn.Module, ABC):
     """Tokenizer vocabulary size (the logits may have padding rows beyond it)."""
     embedding_rows: int
     """Rows of the input embedding (and of the logits): the vocabulary padded up."""
+    checkpoints_own_blocks: bool = False
+    """True where ``gradient_checkpointing = True`` makes the decoder checkpoint its blocks itself, better than a
+    generic wrapper around each block would; FSDP's ``checkpoint_blocks`` then uses it."""
 
     @abstractmethod
     def embed(self, input_ids: Tensor) -> Tensor:

@@ -82,7 +82,10 @@ class MambaMixer(nn.Module):
         (it recomputes the conv in the backward)."""
 
     def _weights_trained(self) -> bool:
-        return any(p.requires_grad for name, p in self.named_parameters() if not name.startswith("in_proj."))
+        # No parameters at all (FSDP with use_orig_params=False holds them flattened elsewhere): assume they train,
+        # so that no weight gradient is ever skipped.
+        params = [p for name, p in self.named_parameters() if not name.startswith("in_proj.")]
+        return not params or any(p.requires_grad for p in params)
 
     def forward(self, hidden: Tensor, state: LayerState | None = None, mask: Tensor | None = None) -> Tensor:
         """Whole sequences.

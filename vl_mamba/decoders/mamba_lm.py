@@ -51,6 +51,8 @@ class MambaDecoder(LanguageDecoder):
         revision: hub revision of ``pretrained``.
     """
 
+    checkpoints_own_blocks = True
+
     def __init__(
         self,
         pretrained: str | None = None,

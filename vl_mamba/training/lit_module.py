@@ -106,6 +106,16 @@ class VLMambaLitModule(pl.LightningModule):
         """The repeated blocks of encoder and decoder: what FSDP wraps and checkpoints."""
         return {self.model.encoder.block_class, self.model.decoder.block_class}
 
+    def checkpoint_own_blocks(self) -> set[type[torch.nn.Module]]:
+        """Switch on activation checkpointing in the parts that checkpoint their own blocks
+        (``checkpoints_own_blocks``) and return those blocks' classes; a strategy's wrapper takes the others."""
+        own = set()
+        for part in (self.model.encoder, self.model.decoder):
+            if getattr(part, "checkpoints_own_blocks", False):
+                part.gradient_checkpointing = True
+                own.add(part.block_class)
+        return own
+
     def train(self, mode: bool = True) -> VLMambaLitModule:
         """Frozen parts stay in eval mode while the rest trains."""
         super().train(mode)

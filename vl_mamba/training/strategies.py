@@ -2,7 +2,9 @@
 
 Each Mamba block and each ViT block becomes an FSDP unit (and, when asked, an activation-checkpointed
 unit); the classes come from the LightningModule's ``block_classes()``, so the YAML names no classes and
-a new encoder or decoder is wrapped correctly the moment it declares its ``block_class``.
+a new encoder or decoder is wrapped correctly the moment it declares its ``block_class``. A part that
+checkpoints its own blocks better than a wrapper around each block can (``MambaDecoder``: one tensor kept per
+block, no weight gradients for frozen blocks) does so; FSDP's checkpoint wrapper takes the other blocks.
 """
 
 from __future__ import annotations
@@ -46,12 +48,21 @@ class VLMambaFSDPStrategy(FSDPStrategy):
     def _setup_model(self, model: nn.Module) -> nn.Module:
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-        classes = tuple(getattr(self.lightning_module, "block_classes", set)())
+        classes = set(getattr(self.lightning_module, "block_classes", set)())
         if classes and self.wrap_blocks:
-            self.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(set(classes))
-        if classes and self.checkpoint_blocks:
-            self._activation_checkpointing_kwargs = {"check_fn": lambda module: isinstance(module, classes)}
+            self.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(classes)
+        wrapped = self._wrapper_checkpointed(classes)
+        if wrapped:
+            self._activation_checkpointing_kwargs = {"check_fn": lambda module: isinstance(module, wrapped)}
         return super()._setup_model(model)
+
+    def _wrapper_checkpointed(self, classes: set[type[nn.Module]]) -> tuple[type[nn.Module], ...]:
+        """With ``checkpoint_blocks``, switch on the own checkpointing of the parts that have one and return the
+        other block classes, for FSDP's checkpoint wrapper; without it, nothing."""
+        if not self.checkpoint_blocks:
+            return ()
+        own = getattr(self.lightning_module, "checkpoint_own_blocks", set)()
+        return tuple(classes - own)
 
 
 def register() -> None:
