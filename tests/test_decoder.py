@@ -272,6 +272,22 @@ def test_frozen_layers_under_checkpointing_take_the_unfused_path():
     assert decoder.backbone.layers[1].mixer.out_proj.weight.grad is not None
 
 
+def test_path_choice_sees_the_weights_as_fsdp_leaves_them():
+    """During its forward FSDP replaces a block's registered parameters with plain views of its flat parameter;
+    the frozen-or-trained test reads the weights themselves, so it answers the same in the forward and in the
+    backward's recomputation."""
+    mixer = tiny_decoder(d_model=64, d_state=16).backbone.layers[0].mixer.requires_grad_(False)
+    for name, param in list(mixer.named_parameters()):
+        owner_name, _, attr = name.rpartition(".")
+        owner = mixer.get_submodule(owner_name)
+        delattr(owner, attr)
+        setattr(owner, attr, param.detach())
+    assert not list(mixer.parameters())
+    assert not mixer._weights_trained()
+    mixer.out_proj.weight.requires_grad_(True)
+    assert mixer._weights_trained()
+
+
 @pytest.mark.parametrize(
     "device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda("mamba_ssm", "causal_conv1d")])]
 )

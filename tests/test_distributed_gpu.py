@@ -70,8 +70,8 @@ def test_fsdp_matches_one_gpu_and_resumes(size: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("stage", ["finetune", "align"])
 def test_fsdp_with_checkpointing_matches_one_gpu(stage: str, tmp_path: Path) -> None:
-    # The decoder checkpoints its own blocks around their FSDP units; the ViT blocks get FSDP's wrapper. In the
-    # align stage the decoder is frozen, and its checkpointed blocks run the unfused ops.
+    # finetune: the decoder checkpoints its own blocks around their FSDP units, the ViT blocks get FSDP's wrapper.
+    # align: the decoder is frozen and its blocks get FSDP's wrapper too.
     single = _fit(tmp_path, "single", "--trainer.devices=1", "--trainer.max_steps=6", f"--model.stage={stage}")
     sharded = _fit(tmp_path, "fsdp", *FSDP, *CHECKPOINTING, "--trainer.max_steps=6", f"--model.stage={stage}")
     _close(sharded, single, rel=1e-3)

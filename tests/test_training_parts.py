@@ -113,7 +113,7 @@ def test_stage_two_starts_from_a_stage_one_connector(tmp_path: Path, tokenizer_p
 def test_fsdp_checkpointing_leaves_the_mamba_blocks_to_the_decoder(tokenizer_path: Path) -> None:
     module = VLMambaLitModule(
         ConvEncoder(16, (8, 16)), VSSL2Connector(scan="bi", d_state=4), MambaDecoder(d_model=16, n_layer=2,
-        vocab_size=50277), tokenizer=str(tokenizer_path),
+        vocab_size=50277), tokenizer=str(tokenizer_path), stage="finetune",
     )
     plain = VLMambaFSDPStrategy()
     plain.connect(module)
@@ -125,3 +125,12 @@ def test_fsdp_checkpointing_leaves_the_mamba_blocks_to_the_decoder(tokenizer_pat
     # wrapper takes the encoder's.
     assert strategy._wrapper_checkpointed(module.block_classes()) == (ConvBlock,)
     assert module.model.decoder.gradient_checkpointing
+    # A frozen decoder (the align stage) stays with FSDP's wrapper.
+    frozen = VLMambaLitModule(
+        ConvEncoder(16, (8, 16)), VSSL2Connector(scan="bi", d_state=4), MambaDecoder(d_model=16, n_layer=2,
+        vocab_size=50277), tokenizer=str(tokenizer_path), stage="align",
+    )
+    strategy = VLMambaFSDPStrategy(checkpoint_blocks=True)
+    strategy.connect(frozen)
+    assert set(strategy._wrapper_checkpointed(frozen.block_classes())) == {ConvBlock, MambaBlock}
+    assert not frozen.model.decoder.gradient_checkpointing

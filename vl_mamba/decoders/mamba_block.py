@@ -82,10 +82,11 @@ class MambaMixer(nn.Module):
         (it recomputes the conv in the backward)."""
 
     def _weights_trained(self) -> bool:
-        # No parameters at all (FSDP with use_orig_params=False holds them flattened elsewhere): assume they train,
-        # so that no weight gradient is ever skipped.
-        params = [p for name, p in self.named_parameters() if not name.startswith("in_proj.")]
-        return not params or any(p.requires_grad for p in params)
+        # The tensors themselves rather than ``parameters()``: FSDP replaces the registered parameters with plain
+        # views of its flat parameter while it runs a forward. in_proj's product runs outside the Mamba ops.
+        weights = (self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+                   self.dt_proj.bias, self.A_log, self.D, self.out_proj.weight, self.out_proj.bias)
+        return any(w is not None and w.requires_grad for w in weights)
 
     def forward(self, hidden: Tensor, state: LayerState | None = None, mask: Tensor | None = None) -> Tensor:
         """Whole sequences.

@@ -108,10 +108,14 @@ class VLMambaLitModule(pl.LightningModule):
 
     def checkpoint_own_blocks(self) -> set[type[torch.nn.Module]]:
         """Switch on activation checkpointing in the parts that checkpoint their own blocks
-        (``checkpoints_own_blocks``) and return those blocks' classes; a strategy's wrapper takes the others."""
+        (``checkpoints_own_blocks``) and return those blocks' classes; a strategy's wrapper takes the others.
+
+        Only a part whose parameters all train does so: under FSDP, the decoder's own checkpointing of a frozen
+        decoder failed on two GPUs (the backward's recomputation saved other tensors than the forward), where
+        FSDP's wrapper is known to work."""
         own = set()
         for part in (self.model.encoder, self.model.decoder):
-            if getattr(part, "checkpoints_own_blocks", False):
+            if getattr(part, "checkpoints_own_blocks", False) and all(p.requires_grad for p in part.parameters()):
                 part.gradient_checkpointing = True
                 own.add(part.block_class)
         return own

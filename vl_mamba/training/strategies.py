@@ -3,8 +3,8 @@
 Each Mamba block and each ViT block becomes an FSDP unit (and, when asked, an activation-checkpointed
 unit); the classes come from the LightningModule's ``block_classes()``, so the YAML names no classes and
 a new encoder or decoder is wrapped correctly the moment it declares its ``block_class``. A part that
-checkpoints its own blocks better than a wrapper around each block can (``MambaDecoder``: one tensor kept per
-block, no weight gradients for frozen blocks) does so; FSDP's checkpoint wrapper takes the other blocks.
+checkpoints its own blocks better than a wrapper around each block can (``MambaDecoder``, when it trains: one
+tensor kept per block) does so; FSDP's checkpoint wrapper takes the other blocks.
 """
 
 from __future__ import annotations
