@@ -111,25 +111,25 @@ def test_stage_two_starts_from_a_stage_one_connector(tmp_path: Path, tokenizer_p
 
 
 def test_fsdp_checkpointing_leaves_the_mamba_blocks_to_the_decoder(tokenizer_path: Path) -> None:
-    module = VLMambaLitModule(
-        ConvEncoder(16, (8, 16)), VSSL2Connector(scan="bi", d_state=4), MambaDecoder(d_model=16, n_layer=2,
-        vocab_size=50277), tokenizer=str(tokenizer_path), stage="finetune",
-    )
+    def lit_module(stage: str) -> VLMambaLitModule:
+        return VLMambaLitModule(
+            ConvEncoder(16, (8, 16)), VSSL2Connector(scan="bi", d_state=4), MambaDecoder(d_model=16, n_layer=2,
+            vocab_size=50277), tokenizer=str(tokenizer_path), stage=stage,
+        )
+
+    module = lit_module("finetune")
     plain = VLMambaFSDPStrategy()
     plain.connect(module)
     assert plain._wrapper_checkpointed(module.block_classes()) == ()
     assert not module.model.decoder.gradient_checkpointing
     strategy = VLMambaFSDPStrategy(checkpoint_blocks=True)
     strategy.connect(module)
-    # The decoder checkpoints its own blocks (one tensor a block, no weight gradients for frozen ones); FSDP's
-    # wrapper takes the encoder's.
+    # A decoder that trains checkpoints its own blocks (one tensor kept per block); FSDP's wrapper takes the
+    # encoder's.
     assert strategy._wrapper_checkpointed(module.block_classes()) == (ConvBlock,)
     assert module.model.decoder.gradient_checkpointing
     # A frozen decoder (the align stage) stays with FSDP's wrapper.
-    frozen = VLMambaLitModule(
-        ConvEncoder(16, (8, 16)), VSSL2Connector(scan="bi", d_state=4), MambaDecoder(d_model=16, n_layer=2,
-        vocab_size=50277), tokenizer=str(tokenizer_path), stage="align",
-    )
+    frozen = lit_module("align")
     strategy = VLMambaFSDPStrategy(checkpoint_blocks=True)
     strategy.connect(frozen)
     assert set(strategy._wrapper_checkpointed(frozen.block_classes())) == {ConvBlock, MambaBlock}
