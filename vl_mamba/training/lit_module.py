@@ -111,8 +111,8 @@ class VLMambaLitModule(pl.LightningModule):
         (``checkpoints_own_blocks``) and return those blocks' classes; a strategy's wrapper takes the others.
 
         Only a part whose parameters all train does so: under FSDP, the decoder's own checkpointing of a frozen
-        decoder failed on two GPUs (the backward's recomputation saved other tensors than the forward), where
-        FSDP's wrapper is known to work."""
+        decoder failed on two GPUs (the backward's recomputation saved other tensors than the forward), so a
+        frozen decoder keeps FSDP's wrapper, the path it took before."""
         own = set()
         for part in (self.model.encoder, self.model.decoder):
             if getattr(part, "checkpoints_own_blocks", False) and all(p.requires_grad for p in part.parameters()):
