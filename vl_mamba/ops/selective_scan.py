@@ -353,8 +353,7 @@ class _SelectiveScan(torch.autograd.Function):
             G = adj[:steps]
             torch.mul(g_t[t0:t1], C_t[t0:t1], out=G)
             adj_rows[steps - 1].add_(carry)
-            for t in range(steps - 1, 0, -1):
-                adj_rows[t - 1].addcmul_(decay_rows[t], adj_rows[t])
+            _recur(adj_rows[: steps - 1][::-1], decay_rows[1:steps][::-1], adj_rows[1:steps][::-1])
             torch.mul(decay_rows[0], adj_rows[0], out=carry)
             # h_t = decay_t * h_{t-1} + dtu_t * B_t and y_t = C_t . h_t
             torch.matmul(h[:steps], g_t[t0:t1].transpose(-1, -2), out=grad_C[t0:t1])
@@ -423,9 +422,20 @@ class _Tiles:
         torch.mul(self.dt[t0:t1], self.A_log2e, out=decay[:steps]).exp2_()
         torch.mul(self.dtu[t0:t1], self.B[t0:t1], out=h[:steps])
         h_rows[0].addcmul_(decay_rows[0], start)
-        for dst, a, src in zip(h_rows[1:steps], decay_rows[1:], h_rows):
-            dst.addcmul_(a, src)
+        _recur(h_rows[1:steps], decay_rows[1:steps], h_rows[: steps - 1])
         return steps
+
+
+def _recur(dst: tuple, a: tuple, src: tuple) -> None:
+    """``dst[i] += a[i] * src[i]`` for i = 0, 1, ... in that order, where ``src[i]`` may be ``dst[i - 1]``: a
+    sequential recurrence. On the CPU one list call instead of a Python loop: torch's CPU list ops run their
+    elements one after another in list order (the scan tests compare the result with the reference loop).
+    Elsewhere a list op may run its elements at once, so the loop stays."""
+    if dst and dst[0].device.type == "cpu":
+        torch._foreach_addcmul_(list(dst), list(a), list(src))
+        return
+    for d, x, s in zip(dst, a, src):
+        d.addcmul_(x, s)
 
 
 def _time_steps(delta: Tensor, bias: Tensor | None, softplus: bool, cdt: torch.dtype) -> tuple[Tensor, Tensor]:
