@@ -43,6 +43,11 @@ def _fit(tmp: Path, name: str, *extra: str) -> dict[int, float]:
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
 
 
+def _learned(losses: dict[int, float]) -> bool:
+    """Whether the loss on the first batch fell: step 4 sees it again (four batches a cycle), after four updates."""
+    return losses[4] < losses[0]
+
+
 def _close(a: dict[int, float], b: dict[int, float], rel: float) -> None:
     assert sorted(a) == sorted(b)
     for step in a:
@@ -57,7 +62,7 @@ def test_fsdp_matches_one_gpu_and_resumes(size: str, tmp_path: Path) -> None:
     # bf16 autocast; the reduction order differs between one and two GPUs. Measured on 2 x H100: the tiny model
     # agrees to 1e-4, the mid-size one (lr 1e-3, early steps on random data) to 3.5% at worst.
     _close(sharded, single, rel=1e-3 if size == "tiny" else 5e-2)
-    assert single[5] < single[0]
+    assert _learned(single), single
     if size == "mid":
         return
     _fit(tmp_path, "stopped", *FSDP, "--trainer.max_steps=3", *extra)
@@ -75,4 +80,4 @@ def test_fsdp_with_checkpointing_matches_one_gpu(stage: str, tmp_path: Path) -> 
     single = _fit(tmp_path, "single", "--trainer.devices=1", "--trainer.max_steps=6", f"--model.stage={stage}")
     sharded = _fit(tmp_path, "fsdp", *FSDP, *CHECKPOINTING, "--trainer.max_steps=6", f"--model.stage={stage}")
     _close(sharded, single, rel=1e-3)
-    assert single[5] < single[0]
+    assert _learned(single), single
