@@ -26,6 +26,7 @@ SHAPES = [
     (3, 4, 16, 1, None),
     (2, 6, 23, 3, 2),
     (1, 8, 11, 4, 4),
+    (2, 16, 23, 4, None),  # batch * dim > L, a multiple of 16: the blocked transposes of the layouts
 ]
 # (D, z, delta_bias, delta_softplus, return_last_state)
 OPTIONS = [
@@ -79,8 +80,9 @@ def test_half_precision_inputs_match_ref(dtype, shape, tile_elements):
 
 
 def test_non_contiguous_inputs(tile_elements):
-    """Inputs as strided views, as projections produce them ((batch, L, ...) transposed): same results."""
-    base = scan_inputs(2, 6, 19, 4, 2, torch.float64)
+    """Inputs as strided views, as projections produce them ((batch, L, ...) transposed), and the output's
+    gradient in that layout too, as a layer's out_proj returns it: same results."""
+    base = scan_inputs(2, 16, 19, 4, 2, torch.float64)
     strided = {"u", "delta", "z", "B", "C"}
     leaves = {
         k: (v.detach().movedim(-1, 1).contiguous() if k in strided else v.detach().clone()).requires_grad_()
@@ -88,9 +90,9 @@ def test_non_contiguous_inputs(tile_elements):
     }
     views = {k: v.movedim(1, -1) if k in strided else v for k, v in leaves.items()}
     assert not views["u"].is_contiguous() and not views["B"].is_contiguous()
-    weight = torch.randn(2, 6, 19, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    weight = torch.randn(2, 16, 19, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     y = selective_scan_torch(**views, delta_softplus=True)
-    (y * weight).sum().backward()
+    (y.transpose(1, 2) * weight.transpose(1, 2).contiguous()).sum().backward()  # y's gradient: (b, L, d) memory
     ref_inputs = clone_inputs(base)
     y_ref = selective_scan_ref(**ref_inputs, delta_softplus=True)
     (y_ref * weight).sum().backward()
@@ -98,6 +100,15 @@ def test_non_contiguous_inputs(tile_elements):
     for k in base:
         grad = leaves[k].grad.movedim(1, -1) if k in strided else leaves[k].grad
         assert_close_rel(grad, ref_inputs[k].grad, 1e-10, f"grad of {k}")
+
+
+@pytest.mark.parametrize("shape", [(32, 20), (20, 32), (48, 7), (7, 48), (16, 16), (300, 5), (5, 300), (24, 5), (1, 1)])
+def test_layout_transpose(shape):
+    """``_transpose`` of contiguous and strided matrices, through each of its copies."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    for view in (x, x.t().contiguous().t(), torch.randn(shape[0], 2 * shape[1])[:, ::2]):
+        out = scan_module._transpose(view)
+        assert out.is_contiguous() and torch.equal(out, view.t())
 
 
 def test_last_state_gradient_matches_ref(tile_elements):

@@ -331,7 +331,9 @@ class _SelectiveScan(torch.autograd.Function):
         batch, dim, length = u.shape
         uf = u.to(cdt)
         tiles = _Tiles(dt_t, dtu_t, A, B_t, C_t)
-        g = uf.new_zeros(u.shape) if grad_out is None else grad_out.to(cdt)  # (b, d, L)
+        # (b, d, L), dense: the gradient often arrives as the transpose of a (b, L, d) tensor (the layer's out_proj
+        # reads y that way), and every elementwise op below would run several times slower on that layout.
+        g = uf.new_zeros(u.shape) if grad_out is None else grad_out.to(cdt).contiguous()
         grad_z = None
         if z is not None:
             zf = z.to(cdt)
@@ -451,15 +453,38 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
 
 
 def _time_major(x: Tensor) -> Tensor:
-    """(b, d, L) -> contiguous (L, b, d), as a 2D transpose (which torch copies in cache-friendly blocks)."""
+    """(b, d, L) of any strides -> contiguous (L, b, d)."""
     batch, dim, length = x.shape
-    return x.reshape(batch * dim, length).t().contiguous().view(length, batch, dim)
+    if x.stride(1) == 1 and dim > 1:
+        # The channels are already innermost (a gradient arriving as the transpose of a (b, L, d) tensor): the
+        # copy moves whole rows of channels, where reshaping first would copy twice.
+        return x.permute(2, 0, 1).contiguous()
+    return _transpose(x.reshape(batch * dim, length)).view(length, batch, dim)
 
 
 def _batch_major(x: Tensor) -> Tensor:
     """(L, b, d) -> contiguous (b, d, L)."""
     length, batch, dim = x.shape
-    return x.reshape(length, batch * dim).t().contiguous().view(batch, dim, length)
+    return _transpose(x.reshape(length, batch * dim)).view(batch, dim, length)
+
+
+_SHORT_SIDE = 128
+"""Up to this many rows or columns, ``_transpose`` copies in blocks of 16 along the long side."""
+
+
+def _transpose(x: Tensor) -> Tensor:
+    """(R, C) -> contiguous (C, R).
+
+    When one side is short (a few dozen time steps) torch's copy of a plain transpose runs along that side and
+    is about twice as slow as the same copy seen as a 3D permute that moves 16 consecutive elements of the long
+    side at a time; for long sides both are alike and the plain one is kept.
+    """
+    rows, cols = x.shape
+    if rows <= _SHORT_SIDE and cols % 16 == 0 and cols > rows:
+        return x.reshape(rows, cols // 16, 16).permute(1, 2, 0).contiguous().view(cols, rows)
+    if cols <= _SHORT_SIDE and rows % 16 == 0 and rows > cols:
+        return x.reshape(rows // 16, 16, cols).permute(2, 0, 1).contiguous().view(cols, rows)
+    return x.t().contiguous()
 
 
 def _pack_bc(M: Tensor, cdt: torch.dtype) -> Tensor:
