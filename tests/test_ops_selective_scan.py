@@ -26,7 +26,7 @@ SHAPES = [
     (3, 4, 16, 1, None),
     (2, 6, 23, 3, 2),
     (1, 8, 11, 4, 4),
-    (2, 16, 23, 4, None),  # batch * dim > L, a multiple of 16: the blocked transposes of the layouts
+    (2, 16, 23, 16, None),  # batch * dim > L, a multiple of 16: blocked layout copies; N = 16: `_column` views
 ]
 # (D, z, delta_bias, delta_softplus, return_last_state)
 OPTIONS = [
