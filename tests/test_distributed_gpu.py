@@ -23,10 +23,11 @@ TINY = ["--config", str(ROOT / "configs/tiny/model.yaml"), "--config", str(ROOT 
 MID = ["--model.decoder.init_args.d_model=1536", "--model.decoder.init_args.n_layer=24",
        "--model.encoder.init_args.model_kwargs={embed_dim: 384, depth: 6, num_heads: 6, mlp_ratio: 4.0}",
        "--model.encoder.init_args.img_size=224", "--data.init_args.text_length=512"]
+NUM_BATCHES = 4  # the random data module serves these batches, the same ones every epoch
 # A constant learning rate: stopping early (max_steps) then resuming follows the same trajectory.
 COMMON = ["--trainer.accelerator=gpu", "--trainer.precision=bf16-mixed", "--trainer.limit_val_batches=0",
           "--trainer.max_epochs=-1", "--trainer.enable_model_summary=false", "--model.warmup_ratio=0",
-          "--model.min_lr_ratio=1.0", "--model.lr=1e-3", "--data.init_args.num_batches=4"]
+          "--model.min_lr_ratio=1.0", "--model.lr=1e-3", f"--data.init_args.num_batches={NUM_BATCHES}"]
 FSDP = ["--trainer.devices=2", "--config", str(ROOT / "configs/strategy/fsdp.yaml")]
 CHECKPOINTING = ["--config", str(ROOT / "configs/strategy/fsdp_checkpointing.yaml")]
 
@@ -44,8 +45,8 @@ def _fit(tmp: Path, name: str, *extra: str) -> dict[int, float]:
 
 
 def _learned(losses: dict[int, float]) -> bool:
-    """Whether the loss on the first batch fell: step 4 sees it again (four batches a cycle), after four updates."""
-    return losses[4] < losses[0]
+    """Whether the loss on the first batch fell: step NUM_BATCHES sees that batch again, after as many updates."""
+    return losses[NUM_BATCHES] < losses[0]
 
 
 def _close(a: dict[int, float], b: dict[int, float], rel: float) -> None:
