@@ -102,6 +102,58 @@ def test_non_contiguous_inputs(tile_elements):
         assert_close_rel(grad, ref_inputs[k].grad, 1e-10, f"grad of {k}")
 
 
+@pytest.fixture
+def channel_blocks(monkeypatch, request):
+    """Blocks of channels on worker threads for every scan, however small: ``request.param`` torch threads (so
+    blocks) on the calling thread, restored afterwards."""
+    monkeypatch.setattr(scan_module, "_PART_ELEMENTS", 1)
+    monkeypatch.setattr(scan_module, "_PART_CHANNELS", 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("channel_blocks", [2, 3], indirect=True, ids=lambda t: f"{t}-threads")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", SHAPES + [(2, 48, 9, 4, None), (2, 8, 12, 2, 8)], ids=str)
+@pytest.mark.parametrize("options", OPTIONS[:2], ids=str)
+def test_channel_blocks_match_ref(dtype, shape, options, channel_blocks):
+    """The scan cut into blocks of channels on worker threads (whole groups; B and C's gradients summed over the
+    blocks that share them) gives the reference's outputs and gradients; the caller's thread count is kept."""
+    batch, dim, length, n, groups = shape
+    use_D, use_z, use_bias, softplus, last = options
+    inputs = scan_inputs(batch, dim, length, n, groups, dtype, D=use_D, z=use_z, delta_bias=use_bias)
+    parts = scan_module._channel_parts(inputs["u"], inputs["A"], inputs["B"])
+    assert len(parts) > 1
+    _compare(inputs, dtype, delta_softplus=softplus, return_last_state=last)
+    assert torch.get_num_threads() == channel_blocks
+
+
+@pytest.mark.parametrize(
+    ("shape", "threads", "expected"),
+    [
+        ((2, 256, 1024, 16, None), 2, [(0, 128), (128, 256)]),  # the benchmark's scan: two blocks on two threads
+        ((2, 256, 1024, 16, None), 1, [(0, 256)]),  # one thread: one block
+        ((2, 256, 1024, 16, None), 3, [(0, 80), (80, 176), (176, 256)]),  # cut at multiples of 16 channels
+        ((32, 256, 20, 8, None), 2, [(0, 256)]),  # the demo's decoder: too little work to cut
+        ((2, 256, 1024, 16, 4), 3, [(0, 128), (128, 256)]),  # 4 groups over 3 threads: two blocks of whole groups
+        ((2, 24, 8192, 16, None), 2, [(0, 24)]),  # fewer channels than two blocks of 16
+    ],
+)
+def test_channel_parts(shape, threads, expected):
+    batch, dim, length, n, groups = shape
+    u, A = torch.empty(batch, dim, length), torch.empty(dim, n)
+    B = torch.empty(batch, n, length) if groups is None else torch.empty(batch, groups, n, length)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        parts = scan_module._channel_parts(u, A, B)
+    finally:
+        torch.set_num_threads(before)
+    assert [(p.start, p.stop) for p in parts] == expected
+
+
 @pytest.mark.parametrize("shape", [(32, 20), (20, 32), (48, 7), (7, 48), (16, 16), (300, 5), (5, 300), (24, 5), (1, 1)])
 def test_layout_transpose(shape):
     """``_transpose`` of contiguous and strided matrices, through each of its copies."""

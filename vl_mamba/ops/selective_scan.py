@@ -11,7 +11,8 @@ Three functions share one signature (mamba_ssm's):
   else ``selective_scan_triton`` (``scan_triton``) when Triton is; ``selective_scan_torch`` otherwise.
 - ``selective_scan_torch``: the recurrence in PyTorch, in cache-sized tiles of time steps, with a hand-written
   backward that recomputes each tile's states instead of storing them. It only ever multiplies single-step
-  decays, never exponentiates a growing sum, so it cannot overflow however large ``dt * |A|`` becomes.
+  decays, never exponentiates a growing sum, so it cannot overflow however large ``dt * |A|`` becomes. With
+  several torch threads, a large scan runs as blocks of channels side by side on worker threads.
 - ``selective_scan_ref``: a plain loop over time, differentiated by autograd. It is the specification.
 
 ``selective_state_update`` advances the recurrence by one step for generation, with ``_ref`` beside it.
@@ -21,6 +22,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -288,103 +292,254 @@ class _SelectiveScan(torch.autograd.Function):
     a stable A, and only ever multiplied: nothing can overflow, whatever ``dt * |A|``. The time steps, the
     inputs ``dt * u`` (time-major) and the packed B and C are kept from the forward for the backward: a few
     tensors of the size of u, against the (L, batch, dim, N) states and decays, which are never stored whole.
+
+    Channels never interact, so with several torch threads a large scan is cut into blocks of channels that
+    run side by side (``_channel_parts``), each on one thread: most of the work is on rows too short for torch to
+    share among threads by itself (one time step of the recurrence is ``batch * N * dim`` elements).
     """
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        cdt = _compute_dtype(u)
-        batch, dim, length = u.shape
-        pre, dt = _time_steps(delta, delta_bias, delta_softplus, cdt)  # (b, d, L)
-        uf = u.to(cdt)
-        tiles = _Tiles(_time_major(dt), _time_major(dt * uf), A, _pack_bc(B, cdt), _pack_bc(C, cdt))
-        decay, h = tiles.buffer(), tiles.buffer()
-        decay_rows, h_rows = decay.unbind(0), h.unbind(0)
-        # The state before each tile: all of them when a backward will follow, else the current one only.
         keep = any(ctx.needs_input_grad[:8])
-        starts = h.new_empty(max(1, len(tiles.bounds)) if keep else 1, *h.shape[1:])
-        starts[0].zero_()
-        y = h.new_empty(length, *tiles.dtu.shape[1:])  # (L, b, G, 1, dg)
-        last = starts[0]
-        for c, (t0, t1) in enumerate(tiles.bounds):
-            steps = tiles.scan(t0, t1, starts[c if keep else 0], decay, h, decay_rows, h_rows)
-            torch.matmul(tiles.C[t0:t1].transpose(-1, -2), h[:steps], out=y[t0:t1])
-            last = h[steps - 1]
-            if c + 1 < len(tiles.bounds):
-                starts[c + 1 if keep else 0].copy_(last)
-        last = last.transpose(-1, -2).reshape(batch, dim, A.shape[1]).clone()  # never a view of a buffer
-        y = _batch_major(y.view(length, batch, dim))
-        if D is not None:
-            y.addcmul_(uf, D.to(cdt)[:, None])
-        out = y if z is None else y * F.silu(z.to(cdt))
-        ctx.save_for_backward(
-            u, delta, A, B, C, D, z, delta_bias, pre, dt, tiles.dt, tiles.dtu, tiles.B, tiles.C, starts,
-            None if z is None else y,
+        parts = _channel_parts(u, A, B)
+        results = _run_parts(
+            lambda sl: _forward(*_part_inputs(sl, u, delta, A, B, C, D, z, delta_bias), delta_softplus, keep), parts
         )
+        out = _join([r[0] for r in results], 1)
+        last = _join([r[1] for r in results], 1)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, *(t for r in results for t in r[2]))
+        ctx.parts = parts
         ctx.delta_softplus = delta_softplus
         ctx.set_materialize_grads(False)
-        return out.to(u.dtype), last
+        return out, last
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):
-        u, delta, A, B, C, D, z, delta_bias, pre, dt, dt_t, dtu_t, B_t, C_t, starts, y = ctx.saved_tensors
-        cdt = dt.dtype
-        batch, dim, length = u.shape
-        uf = u.to(cdt)
-        tiles = _Tiles(dt_t, dtu_t, A, B_t, C_t)
-        # (b, d, L), dense: the gradient often arrives as the transpose of a (b, L, d) tensor (the layer's out_proj
-        # reads y that way), and every elementwise op below would run several times slower on that layout.
-        g = uf.new_zeros(u.shape) if grad_out is None else grad_out.to(cdt).contiguous()
-        grad_z = None
-        if z is not None:
-            zf = z.to(cdt)
-            grad_z = torch.ops.aten.silu_backward(g * y, zf).to(z.dtype)
-            g = g * F.silu(zf)
-        grad_D = None if D is None else (g * uf).sum((0, 2)).to(D.dtype)
-        g_t = _time_major(g).view(dtu_t.shape)  # (L, b, G, 1, dg)
-        decay, h, adj = tiles.buffer(), tiles.buffer(), tiles.buffer()  # adj: adjoints of the states
-        decay_rows, h_rows, adj_rows = decay.unbind(0), h.unbind(0), adj.unbind(0)
-        carry = h.new_zeros(h.shape[1:])  # decay_{t1} * G_{t1} from the tile after this one: (b, G, N, dg)
-        if grad_last is not None:
-            groups, n = carry.shape[1:3]
-            carry.copy_(grad_last.to(cdt).reshape(batch, groups, -1, n).transpose(-1, -2))
-        grad_B, grad_C = torch.empty_like(B_t), torch.empty_like(C_t)  # (L, b, G, N, 1)
-        grad_dtu, grad_dtA = torch.empty_like(dtu_t), torch.empty_like(dtu_t)  # (L, b, G, 1, dg)
-        grad_A = torch.zeros_like(tiles.A)  # (G, N, dg)
-        for c, (t0, t1) in reversed(list(enumerate(tiles.bounds))):
-            steps = tiles.scan(t0, t1, starts[c], decay, h, decay_rows, h_rows)
-            G = adj[:steps]
-            torch.mul(g_t[t0:t1], C_t[t0:t1], out=G)
-            adj_rows[steps - 1].add_(carry)
-            _recur(adj_rows[: steps - 1][::-1], decay_rows[1:steps][::-1], adj_rows[1:steps][::-1])
-            torch.mul(decay_rows[0], adj_rows[0], out=carry)
-            # h_t = decay_t * h_{t-1} + dtu_t * B_t and y_t = C_t . h_t
-            torch.matmul(h[:steps], _column(g_t[t0:t1], h.shape[-2]), out=grad_C[t0:t1])
-            torch.matmul(G, _column(dtu_t[t0:t1], G.shape[-2]), out=grad_B[t0:t1])
-            torch.matmul(B_t[t0:t1].transpose(-1, -2), G, out=grad_dtu[t0:t1])
-            G[1:].mul_(h[: steps - 1])  # times the state before each step: now the adjoint of the decays
-            G[0].mul_(starts[c])
-            G.mul_(decay[:steps])  # now the adjoint of dt * A
-            grad_A.add_(torch.mul(G, dt_t[t0:t1], out=decay[:steps]).sum((0, 1)))
-            torch.sum(G.mul_(tiles.A), -2, keepdim=True, out=grad_dtA[t0:t1])
-        grad_dtu = _batch_major(grad_dtu.view(length, batch, dim))
-        grad_dt = _batch_major(grad_dtA.view(length, batch, dim)).addcmul_(grad_dtu, uf)
-        grad_u = grad_dtu.mul_(dt)
-        if D is not None:
-            grad_u.addcmul_(g, D.to(cdt)[:, None])
-        if ctx.delta_softplus:
-            grad_dt = torch.ops.aten.softplus_backward(grad_dt, pre, 1.0, 20.0)
-        grad_delta_bias = None if delta_bias is None else grad_dt.sum((0, 2)).to(delta_bias.dtype)
-        return (
-            grad_u.to(u.dtype),
-            grad_dt.to(delta.dtype),
-            grad_A.transpose(1, 2).reshape(A.shape).to(A.dtype),
-            _unpack_bc(grad_B, B),
-            _unpack_bc(grad_C, C),
-            grad_D,
-            grad_z,
-            grad_delta_bias,
-            None,
-        )
+        saved = ctx.saved_tensors
+        inputs, per_part = saved[:8], saved[8:]
+        size = len(per_part) // len(ctx.parts)
+
+        def part(i: int) -> tuple:
+            sl = ctx.parts[i]
+            return _backward(
+                _part_inputs(sl, *inputs),
+                per_part[i * size : (i + 1) * size],
+                None if grad_out is None else grad_out[:, sl],
+                None if grad_last is None else grad_last[:, sl],
+                ctx.delta_softplus,
+            )
+
+        indices = list(range(len(ctx.parts)))
+        # A backward that builds a graph (double backward) keeps to this thread, where the graph is recorded.
+        results = [part(i) for i in indices] if torch.is_grad_enabled() else _run_parts(part, indices)
+        return (*_join_grads(results, inputs[3]), None)
+
+
+def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, keep: bool) -> tuple:
+    """The forward of one block of channels: (output, last state, tensors for ``_backward``)."""
+    cdt = _compute_dtype(u)
+    batch, dim, length = u.shape
+    pre, dt = _time_steps(delta, delta_bias, delta_softplus, cdt)  # (b, d, L)
+    uf = u.to(cdt)
+    tiles = _Tiles(_time_major(dt), _time_major(dt * uf), A, _pack_bc(B, cdt), _pack_bc(C, cdt))
+    decay, h = tiles.buffer(), tiles.buffer()
+    decay_rows, h_rows = decay.unbind(0), h.unbind(0)
+    # The state before each tile: all of them when a backward will follow, else the current one only.
+    starts = h.new_empty(max(1, len(tiles.bounds)) if keep else 1, *h.shape[1:])
+    starts[0].zero_()
+    y = h.new_empty(length, *tiles.dtu.shape[1:])  # (L, b, G, 1, dg)
+    last = starts[0]
+    for c, (t0, t1) in enumerate(tiles.bounds):
+        steps = tiles.scan(t0, t1, starts[c if keep else 0], decay, h, decay_rows, h_rows)
+        torch.matmul(tiles.C[t0:t1].transpose(-1, -2), h[:steps], out=y[t0:t1])
+        last = h[steps - 1]
+        if c + 1 < len(tiles.bounds):
+            starts[c + 1 if keep else 0].copy_(last)
+    last = last.transpose(-1, -2).reshape(batch, dim, A.shape[1]).clone()  # never a view of a buffer
+    y = _batch_major(y.view(length, batch, dim))
+    if D is not None:
+        y.addcmul_(uf, D.to(cdt)[:, None])
+    out = y if z is None else y * F.silu(z.to(cdt))
+    saved = (pre, dt, tiles.dt, tiles.dtu, tiles.B, tiles.C, starts, None if z is None else y)
+    return out.to(u.dtype), last, saved
+
+
+def _backward(inputs: tuple, saved: tuple, grad_out: Tensor | None, grad_last: Tensor | None, softplus: bool) -> tuple:
+    """The gradients of one block of channels' inputs, from what ``_forward`` kept."""
+    u, delta, A, B, C, D, z, delta_bias = inputs
+    pre, dt, dt_t, dtu_t, B_t, C_t, starts, y = saved
+    cdt = dt.dtype
+    batch, dim, length = u.shape
+    uf = u.to(cdt)
+    tiles = _Tiles(dt_t, dtu_t, A, B_t, C_t)
+    # (b, d, L), dense: the gradient often arrives as the transpose of a (b, L, d) tensor (the layer's out_proj
+    # reads y that way), and every elementwise op below would run several times slower on that layout.
+    g = uf.new_zeros(u.shape) if grad_out is None else grad_out.to(cdt).contiguous()
+    grad_z = None
+    if z is not None:
+        zf = z.to(cdt)
+        grad_z = torch.ops.aten.silu_backward(g * y, zf).to(z.dtype)
+        g = g * F.silu(zf)
+    grad_D = None if D is None else (g * uf).sum((0, 2)).to(D.dtype)
+    g_t = _time_major(g).view(dtu_t.shape)  # (L, b, G, 1, dg)
+    decay, h, adj = tiles.buffer(), tiles.buffer(), tiles.buffer()  # adj: adjoints of the states
+    decay_rows, h_rows, adj_rows = decay.unbind(0), h.unbind(0), adj.unbind(0)
+    carry = h.new_zeros(h.shape[1:])  # decay_{t1} * G_{t1} from the tile after this one: (b, G, N, dg)
+    if grad_last is not None:
+        groups, n = carry.shape[1:3]
+        carry.copy_(grad_last.to(cdt).reshape(batch, groups, -1, n).transpose(-1, -2))
+    grad_B, grad_C = torch.empty_like(B_t), torch.empty_like(C_t)  # (L, b, G, N, 1)
+    grad_dtu, grad_dtA = torch.empty_like(dtu_t), torch.empty_like(dtu_t)  # (L, b, G, 1, dg)
+    grad_A = torch.zeros_like(tiles.A)  # (G, N, dg)
+    for c, (t0, t1) in reversed(list(enumerate(tiles.bounds))):
+        steps = tiles.scan(t0, t1, starts[c], decay, h, decay_rows, h_rows)
+        G = adj[:steps]
+        torch.mul(g_t[t0:t1], C_t[t0:t1], out=G)
+        adj_rows[steps - 1].add_(carry)
+        _recur(adj_rows[: steps - 1][::-1], decay_rows[1:steps][::-1], adj_rows[1:steps][::-1])
+        torch.mul(decay_rows[0], adj_rows[0], out=carry)
+        # h_t = decay_t * h_{t-1} + dtu_t * B_t and y_t = C_t . h_t
+        torch.matmul(h[:steps], _column(g_t[t0:t1], h.shape[-2]), out=grad_C[t0:t1])
+        torch.matmul(G, _column(dtu_t[t0:t1], G.shape[-2]), out=grad_B[t0:t1])
+        torch.matmul(B_t[t0:t1].transpose(-1, -2), G, out=grad_dtu[t0:t1])
+        G[1:].mul_(h[: steps - 1])  # times the state before each step: now the adjoint of the decays
+        G[0].mul_(starts[c])
+        G.mul_(decay[:steps])  # now the adjoint of dt * A
+        grad_A.add_(torch.mul(G, dt_t[t0:t1], out=decay[:steps]).sum((0, 1)))
+        torch.sum(G.mul_(tiles.A), -2, keepdim=True, out=grad_dtA[t0:t1])
+    grad_dtu = _batch_major(grad_dtu.view(length, batch, dim))
+    grad_dt = _batch_major(grad_dtA.view(length, batch, dim)).addcmul_(grad_dtu, uf)
+    grad_u = grad_dtu.mul_(dt)
+    if D is not None:
+        grad_u.addcmul_(g, D.to(cdt)[:, None])
+    if softplus:
+        grad_dt = torch.ops.aten.softplus_backward(grad_dt, pre, 1.0, 20.0)
+    grad_delta_bias = None if delta_bias is None else grad_dt.sum((0, 2)).to(delta_bias.dtype)
+    return (
+        grad_u.to(u.dtype),
+        grad_dt.to(delta.dtype),
+        grad_A.transpose(1, 2).reshape(A.shape).to(A.dtype),
+        _unpack_bc(grad_B, B),
+        _unpack_bc(grad_C, C),
+        grad_D,
+        grad_z,
+        grad_delta_bias,
+    )
+
+
+_PART_ELEMENTS = 1 << 20
+"""Least work of one block of channels run on its own thread, in state elements (batch * channels * L * N). Below
+it (the demo's decoder, 32 x 256 channels x 20 steps x N = 8, is 1.3M) the blocks gained nothing on two cores."""
+_PART_CHANNELS = 16
+"""Least channels in one block; blocks are cut at multiples of 16 channels where the channel count allows."""
+
+
+def _channel_parts(u: Tensor, A: Tensor, B: Tensor) -> list[slice]:
+    """The blocks of channels that run side by side: one block per torch thread, for a scan large enough that
+    each block has ``_PART_ELEMENTS`` of work and ``_PART_CHANNELS`` channels; with groups, whole groups."""
+    batch, dim, length = u.shape
+    if u.device.type != "cpu":
+        return [slice(0, dim)]
+    groups = 1 if B.dim() == 3 else B.shape[1]
+    count = min(torch.get_num_threads(), batch * dim * length * A.shape[1] // _PART_ELEMENTS, dim // _PART_CHANNELS)
+    if groups > 1:
+        count = min(count, groups)
+        while count > 1 and groups % count:
+            count -= 1
+    unit = dim // groups if groups > 1 else (16 if dim % 16 == 0 and dim >= 16 * count else 1)
+    units = dim // unit
+    count = min(count, units)
+    if count < 2:
+        return [slice(0, dim)]
+    bounds = [round(i * units / count) * unit for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+_CHANNEL_AXES = (1, 1, 0, 1, 1, 0, 1, 0)
+"""The channel (for B and C: group) axis of each input u, delta, A, B, C, D, z, delta_bias."""
+
+
+def _part_inputs(sl: slice, *inputs: Tensor | None) -> tuple:
+    """The scan's inputs restricted to the channels ``sl``: B and C to those channels' groups, or whole when all
+    channels share them."""
+    u, B = inputs[0], inputs[3]
+    dim = u.shape[1]
+    if sl == slice(0, dim):
+        return inputs
+    per_group = dim // B.shape[1] if B.dim() == 4 else None
+    cut = []
+    for i, (t, axis) in enumerate(zip(inputs, _CHANNEL_AXES)):
+        if t is not None and i in (3, 4):  # B, C
+            t = t if per_group is None else t.narrow(axis, sl.start // per_group, (sl.stop - sl.start) // per_group)
+        elif t is not None:
+            t = t.narrow(axis, sl.start, sl.stop - sl.start)
+        cut.append(t)
+    return tuple(cut)
+
+
+def _join(tensors: list[Tensor], dim: int) -> Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim)
+
+
+def _join_grads(results: list[tuple], B: Tensor) -> tuple:
+    """The gradients of the inputs from those of each block of channels: concatenated along the channels (groups);
+    for B and C shared by all channels, summed."""
+    if len(results) == 1:
+        return results[0]
+    joined = []
+    for i, (grads, axis) in enumerate(zip(zip(*results), _CHANNEL_AXES)):
+        if grads[0] is None:
+            joined.append(None)
+        elif i in (3, 4) and B.dim() == 3:
+            joined.append(torch.stack(grads).sum(0))
+        else:
+            joined.append(torch.cat(grads, axis))
+    return tuple(joined)
+
+
+_pool: tuple[ThreadPoolExecutor, int, int] | None = None
+"""The workers of ``_run_parts``: (pool, its size, the process that started it; a forked child starts its own)."""
+
+
+def _run_parts(fn, items: list) -> list:
+    """``[fn(item) for item in items]``, side by side on worker threads of one torch thread each when there are
+    several items. No gradient is recorded on the workers (nor is any on the calling thread inside an autograd
+    Function's forward, or in a backward that builds no graph)."""
+    if len(items) == 1:
+        return [fn(items[0])]
+    pool = _workers(len(items))
+
+    def run(item):
+        with torch.no_grad():
+            return fn(item)
+
+    return [f.result() for f in [pool.submit(run, item) for item in items]]
+
+
+def _workers(count: int) -> ThreadPoolExecutor:
+    """A pool of at least ``count`` threads that run torch ops on one thread each, started on first use."""
+    global _pool
+    if _pool is not None and _pool[1] >= count and _pool[2] == os.getpid():
+        return _pool[0]
+    threads = torch.get_num_threads()
+    ready = threading.Barrier(count)
+    pool = ThreadPoolExecutor(count, "vl-mamba-scan", initializer=_one_thread)
+    # Start every worker (each holds the barrier until all have started), then restore the caller's thread
+    # count: a worker's torch.set_num_threads(1) also becomes the default of threads started later.
+    for f in [pool.submit(ready.wait) for _ in range(count)]:
+        f.result()
+    torch.set_num_threads(threads)
+    if _pool is not None and _pool[2] == os.getpid():
+        _pool[0].shutdown(wait=False)
+    _pool = (pool, count, os.getpid())
+    return pool
+
+
+def _one_thread() -> None:
+    """Make torch ops on this thread run on one thread. torch sets a thread's count on the thread's first parallel
+    op, from the process-wide default: one such op runs first, so that it cannot undo the setting."""
+    torch.ones(1 << 16).add_(1)
+    torch.set_num_threads(1)
 
 
 class _Tiles:
