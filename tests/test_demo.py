@@ -27,7 +27,8 @@ def test_shortened_demo_learns(tmp_path: Path) -> None:
         "fit", "--config", str(ROOT / "configs" / "demo.yaml"),
         "--data.init_args.train_samples=8000", "--data.init_args.eval_questions=200",
         "--data.init_args.question_kinds=[count_all]", f"--data.init_args.cache_dir={tmp_path / 'cache'}",
-        "--data.init_args.num_workers=0", "--trainer.max_epochs=1", "--trainer.max_steps=250",
+        "--data.init_args.num_workers=0", "--data.init_args.batch_size=32",
+        "--trainer.max_epochs=1", "--trainer.max_steps=250",
         f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
         f"--trainer.logger.save_dir={tmp_path}", "--model.lr=3e-3",
     ]
