@@ -1,5 +1,6 @@
-"""CPU selective scan: ``selective_scan_torch`` (the tiled PyTorch implementation) against the sequential
-specification ``selective_scan_ref``, forward plus backward, float32.
+"""CPU selective scan: ``selective_scan_cpu`` (the compiled kernel that ``selective_scan_fn`` runs on the CPU) and
+``selective_scan_torch`` (the tiled PyTorch implementation, its fallback) against the sequential specification
+``selective_scan_ref``, forward plus backward, float32.
 
 A second baseline is timed for context: a loop written the way mamba_ssm's own ``selective_scan_ref`` is written
 (``deltaA[:, :, i]`` indexed at every step and one einsum per step), so that figures quoted against "the
@@ -33,6 +34,7 @@ from torch import Tensor
 
 from benchmarks.common import rel_err, report
 from vl_mamba.ops import selective_scan_ref, selective_scan_torch
+from vl_mamba.ops.scan_cpu import kernel_available, selective_scan_cpu
 
 SHAPES = [(2, 256, 1024, 16), (64, 256, 72, 16)]  # (batch, dim, L, N)
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -73,6 +75,7 @@ def selective_scan_mamba_style(
 
 BASELINE = "mamba_ssm-style loop"
 IMPLEMENTATIONS: dict[str, Callable[..., Tensor]] = {
+    **({"selective_scan_cpu": selective_scan_cpu} if kernel_available() else {}),
     "selective_scan_torch": selective_scan_torch,
     "selective_scan_ref": selective_scan_ref,
     BASELINE: selective_scan_mamba_style,
@@ -166,9 +169,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     rows, details = [], []
     for batch, dim, length, n in shapes:
-        errors32 = accuracy(batch, dim, length, n, torch.float32, ["selective_scan_torch", BASELINE])
+        fast = [name for name in IMPLEMENTATIONS if name not in ("selective_scan_ref", BASELINE)]
+        errors32 = accuracy(batch, dim, length, n, torch.float32, fast + [BASELINE])
         # float64 on a quarter of the sequence at most; the mamba_ssm-style loop computes in float32 only.
-        errors64 = accuracy(batch, dim, min(length, 256), n, torch.float64, ["selective_scan_torch"])
+        errors64 = accuracy(batch, dim, min(length, 256), n, torch.float64, fast)
         load_before = os.getloadavg()[0]
         times = timings(batch, dim, length, n, args.repeats, args.baseline_repeats)
         load_after = os.getloadavg()[0]
@@ -200,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "cpu": cpu_model(),
             "nproc": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            "cpu_kernel": kernel_available(),
             "torch": torch.__version__,
             "python": platform.python_version(),
             "date": time.strftime("%Y-%m-%d"),

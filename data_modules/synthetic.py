@@ -34,6 +34,7 @@ from rich.progress import Progress
 from data_modules.synthetic_questions import CATEGORIES, TEMPLATES, all_texts, check_kinds
 from data_modules.synthetic_tokenizer import build_tokenizer, save_tokenizer, vocabulary
 from data_modules.synthetic_writer import ProgressFn, write_eval, write_train
+from vl_mamba.utils.cache import cache_root
 from vl_mamba.utils.logging import get_logger
 
 FORMAT_VERSION = 1
@@ -87,8 +88,7 @@ def _brace_pattern(shards: int) -> str:
 
 def default_cache_dir() -> Path:
     """``$VL_MAMBA_CACHE/synthetic`` when that variable is set, else ``~/.cache/vl-mamba/synthetic``."""
-    base = os.environ.get("VL_MAMBA_CACHE")
-    return Path(base).expanduser() / "synthetic" if base else Path.home() / ".cache" / "vl-mamba" / "synthetic"
+    return cache_root() / "synthetic"
 
 
 def generate_synthetic(

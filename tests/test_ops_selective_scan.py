@@ -204,7 +204,9 @@ def test_length_zero():
     assert torch.equal(last, last_ref) and not last.any()
 
 
-def test_fn_dispatches_to_torch_on_cpu():
+def test_fn_dispatches_to_torch_on_cpu_without_the_kernel(monkeypatch):
+    """With the compiled CPU kernel switched off (``test_ops_scan_cpu`` tests it and its dispatch)."""
+    monkeypatch.setenv("VL_MAMBA_CPU_KERNEL", "0")
     inputs = scan_inputs(2, 8, 17, 4)
     with torch.no_grad():
         a = selective_scan_fn(**inputs, delta_softplus=True, return_last_state=True)

@@ -8,7 +8,9 @@ For every channel ``d`` and state index ``n``::
 Three functions share one signature (mamba_ssm's):
 
 - ``selective_scan_fn``: the entry point. For CUDA tensors mamba_ssm's CUDA kernel when mamba_ssm is installed,
-  else ``selective_scan_triton`` (``scan_triton``) when Triton is; ``selective_scan_torch`` otherwise.
+  else ``selective_scan_triton`` (``scan_triton``) when Triton is. For CPU tensors ``selective_scan_cpu``
+  (``scan_cpu``: a C kernel compiled on first use with the machine's compiler) where it builds and loads,
+  ``selective_scan_torch`` otherwise (``VL_MAMBA_CPU_KERNEL=0`` chooses it).
 - ``selective_scan_torch``: the recurrence in PyTorch, in cache-sized tiles of time steps, with a hand-written
   backward that recomputes each tile's states instead of storing them. It only ever multiplies single-step
   decays, never exponentiates a growing sum, so it cannot overflow however large ``dt * |A|`` becomes. With
@@ -88,8 +90,8 @@ def selective_scan_fn(
     delta_softplus: bool = False,
     return_last_state: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Selective scan: mamba_ssm's CUDA kernel when it applies, else the Triton scan on CUDA, else
-    ``selective_scan_torch``.
+    """Selective scan: mamba_ssm's CUDA kernel when it applies, else the Triton scan on CUDA; on the CPU the
+    compiled kernel (``selective_scan_cpu``) where it builds, else ``selective_scan_torch``.
 
     Args:
         u: input, (batch, dim, L).
@@ -116,7 +118,20 @@ def selective_scan_fn(
         kernel = _triton_scan()
         if kernel is not None:
             return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if _cpu_kernel_ok(u, delta, A, B, C, D, z, delta_bias):
+        from vl_mamba.ops.scan_cpu import selective_scan_cpu
+
+        return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+def _cpu_kernel_ok(*tensors: Tensor | None) -> bool:
+    """CPU tensors, and the compiled CPU kernel builds here (``vl_mamba.ops.cpu_build``)."""
+    if not all(t.device.type == "cpu" for t in tensors if t is not None):
+        return False
+    from vl_mamba.ops.scan_cpu import kernel_available
+
+    return kernel_available()
 
 
 def selective_scan_torch(
@@ -434,14 +449,16 @@ _PART_CHANNELS = 16
 """Least channels in one block; blocks are cut at multiples of 16 channels where the channel count allows."""
 
 
-def _channel_parts(u: Tensor, A: Tensor, B: Tensor) -> list[slice]:
+def _channel_parts(u: Tensor, A: Tensor, B: Tensor, least: int | None = None) -> list[slice]:
     """The blocks of channels that run side by side: one block per torch thread, for a scan large enough that
-    each block has ``_PART_ELEMENTS`` of work and ``_PART_CHANNELS`` channels; with groups, whole groups."""
+    each block has ``least`` (default ``_PART_ELEMENTS``) of work and ``_PART_CHANNELS`` channels; with groups,
+    whole groups."""
     batch, dim, length = u.shape
+    least = _PART_ELEMENTS if least is None else least
     if u.device.type != "cpu":
         return [slice(0, dim)]
     groups = 1 if B.dim() == 3 else B.shape[1]
-    count = min(torch.get_num_threads(), batch * dim * length * A.shape[1] // _PART_ELEMENTS, dim // _PART_CHANNELS)
+    count = min(torch.get_num_threads(), batch * dim * length * A.shape[1] // least, dim // _PART_CHANNELS)
     if groups > 1:
         count = min(count, groups)
         while count > 1 and groups % count:

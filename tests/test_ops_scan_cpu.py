@@ -1,0 +1,259 @@
+"""The compiled CPU selective scan (``selective_scan_cpu``) against the specification ``selective_scan_ref``:
+outputs and every gradient, float64 / float32 / half-precision inputs, odd lengths, length 1 and 0, grouped B and
+C, every optional argument, sequences cut into many chunks, channels cut into blocks on threads, strided inputs,
+extreme decays; and how the kernel is built, cached, checked, switched off and dispatched to.
+
+The kernel needs a C compiler, which every machine that runs these tests has (CI included): a machine where it does
+not build fails here rather than skipping, unless ``VL_MAMBA_CPU_KERNEL=0`` says to run without it."""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+
+import pytest
+import torch
+from _helpers import TOLERANCE, assert_close_rel, clone_inputs, outputs_and_grads, scan_inputs
+from test_ops_selective_scan import OPTIONS, SHAPES
+
+from vl_mamba.ops import cpu_build, scan_cpu, selective_scan_fn, selective_scan_ref, selective_scan_torch
+from vl_mamba.ops.scan_cpu import kernel_available, selective_scan_cpu
+
+pytestmark = pytest.mark.skipif(not cpu_build.enabled(), reason="VL_MAMBA_CPU_KERNEL=0: the kernel is switched off")
+
+
+def _compare(inputs, dtype, fn=selective_scan_cpu, **kwargs):
+    tol = TOLERANCE[dtype]
+    fast_out, fast_grads = outputs_and_grads(fn, inputs, **kwargs)
+    ref_out, ref_grads = outputs_and_grads(selective_scan_ref, inputs, **kwargs)
+    assert len(fast_out) == len(ref_out)
+    for i, (f, r) in enumerate(zip(fast_out, ref_out)):
+        assert f.dtype == r.dtype, f"output {i}: dtype {f.dtype} vs {r.dtype}"
+        assert_close_rel(f, r, tol, f"output {i}")
+    assert fast_grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        assert fast_grads[name].dtype == ref_grads[name].dtype, name
+        assert_close_rel(fast_grads[name], ref_grads[name], tol, f"grad of {name}")
+
+
+def test_kernel_builds_here():
+    assert kernel_available(), "the CPU kernel did not build or load: see the warning (a C compiler is needed)"
+
+
+@pytest.fixture(params=[None, 16, 200], ids=["one-chunk", "1-step-chunks", "few-step-chunks"])
+def chunk_elements(request, monkeypatch):
+    """Also chunks of one and of a few steps (chunk = elements // (16 N)), so that sequences cross many chunk
+    borders, with a ragged last chunk for most shapes here."""
+    if request.param is not None:
+        monkeypatch.setattr(scan_cpu, "_CHUNK_ELEMENTS", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", SHAPES + [(2, 40, 9, 3, None), (1, 36, 5, 2, 2)], ids=str)
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+def test_matches_ref(dtype, shape, options, chunk_elements):
+    """The added shapes have 40 channels (blocks of 16, 16 and 8 lanes) and 2 groups of 18 (blocks cut at the
+    group border)."""
+    batch, dim, length, n, groups = shape
+    use_D, use_z, use_bias, softplus, last = options
+    inputs = scan_inputs(batch, dim, length, n, groups, dtype, D=use_D, z=use_z, delta_bias=use_bias)
+    _compare(inputs, dtype, delta_softplus=softplus, return_last_state=last)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_precision_inputs_match_ref(dtype):
+    inputs = scan_inputs(2, 8, 37, 4, None, dtype, param_dtype=torch.float32)
+    _compare(inputs, dtype, delta_softplus=True, return_last_state=True)
+
+
+@pytest.fixture
+def channel_blocks(monkeypatch, request):
+    """Blocks of channels on worker threads for every scan, however small: ``request.param`` torch threads."""
+    monkeypatch.setattr(scan_cpu, "_PART_ELEMENTS", 1)
+    monkeypatch.setattr("vl_mamba.ops.selective_scan._PART_CHANNELS", 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("channel_blocks", [2, 3], indirect=True, ids=lambda t: f"{t}-threads")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", SHAPES + [(2, 48, 9, 4, None), (2, 8, 12, 2, 8)], ids=str)
+def test_channel_blocks_match_ref(dtype, shape, channel_blocks, monkeypatch):
+    """Blocks of channels side by side (B and C's gradients summed over the blocks that share them), with chunks of
+    a few steps; the caller's thread count is kept."""
+    monkeypatch.setattr(scan_cpu, "_CHUNK_ELEMENTS", 200)
+    batch, dim, length, n, groups = shape
+    inputs = scan_inputs(batch, dim, length, n, groups, dtype)
+    from vl_mamba.ops.selective_scan import _channel_parts
+
+    assert len(_channel_parts(inputs["u"], inputs["A"], inputs["B"], scan_cpu._PART_ELEMENTS)) > 1
+    _compare(inputs, dtype, delta_softplus=True, return_last_state=True)
+    assert torch.get_num_threads() == channel_blocks
+
+
+def test_strided_inputs_and_gradient(chunk_elements):
+    """Inputs as transposed views of (batch, L, ...) tensors, as a layer's projections give them, and y's gradient
+    in that layout too: the kernel reads them with their strides, with the reference's results."""
+    base = scan_inputs(2, 20, 19, 4, 2, torch.float64)
+    strided = {"u", "delta", "z", "B", "C"}
+    leaves = {
+        k: (v.detach().movedim(-1, 1).contiguous() if k in strided else v.detach().clone()).requires_grad_()
+        for k, v in base.items()
+    }
+    views = {k: v.movedim(1, -1) if k in strided else v for k, v in leaves.items()}
+    assert not views["u"].is_contiguous() and not views["B"].is_contiguous()
+    weight = torch.randn(2, 20, 19, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    y = selective_scan_cpu(**views, delta_softplus=True)
+    (y.transpose(1, 2) * weight.transpose(1, 2).contiguous()).sum().backward()
+    ref_inputs = clone_inputs(base)
+    y_ref = selective_scan_ref(**ref_inputs, delta_softplus=True)
+    (y_ref * weight).sum().backward()
+    assert_close_rel(y, y_ref, 1e-10, "output")
+    for k in base:
+        grad = leaves[k].grad.movedim(1, -1) if k in strided else leaves[k].grad
+        assert_close_rel(grad, ref_inputs[k].grad, 1e-10, f"grad of {k}")
+
+
+def test_last_state_alone_carries_the_loss(chunk_elements):
+    inputs = scan_inputs(2, 4, 29, 3, dtype=torch.float64)
+
+    def last_state(fn):
+        return lambda **kw: fn(**kw, delta_softplus=True, return_last_state=True)[1]
+
+    fast_out, fast_grads = outputs_and_grads(last_state(selective_scan_cpu), inputs)
+    ref_out, ref_grads = outputs_and_grads(last_state(selective_scan_ref), inputs)
+    assert_close_rel(fast_out[0], ref_out[0], 1e-10, "last state")
+    for name in ("u", "delta", "A", "B", "delta_bias"):
+        assert_close_rel(fast_grads[name], ref_grads[name], 1e-10, f"grad of {name}")
+    for name in ("C", "D", "z"):  # they act on the outputs only
+        assert torch.count_nonzero(fast_grads[name]) == 0, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_extreme_decays_stay_finite_and_match_ref(dtype, chunk_elements):
+    """dt * |A| up to 5000 in some channels (decay exp(-5000) = 0), ordinary decays in others."""
+    inputs = scan_inputs(2, 6, 41, 4, dtype=dtype)
+    with torch.no_grad():
+        inputs["delta"][:, :3] = 50.0 + inputs["delta"][:, :3]
+        inputs["A"][:3] = -100.0 + inputs["A"][:3]
+        inputs["delta"][:, 3, ::3] = 80.0
+    _compare(inputs, dtype, delta_softplus=True, return_last_state=True)
+
+
+def test_length_zero_and_no_grad():
+    inputs = scan_inputs(2, 4, 0, 3)
+    y, last = selective_scan_cpu(**inputs, delta_softplus=True, return_last_state=True)
+    assert y.shape == (2, 4, 0) and last.shape == (2, 4, 3) and not last.any()
+    (y.sum() + last.sum()).backward()
+    assert not inputs["A"].grad.any()
+    with torch.no_grad():  # no states kept for a backward
+        long = {k: v.detach() for k, v in scan_inputs(2, 4, 300, 3).items()}
+        y = selective_scan_cpu(**long, delta_softplus=True)
+        assert_close_rel(y, selective_scan_ref(**long, delta_softplus=True), 1e-5, "output")
+
+
+def test_no_double_backward():
+    inputs = scan_inputs(1, 4, 5, 2, dtype=torch.float64)
+    y = selective_scan_cpu(**inputs)
+    (gu,) = torch.autograd.grad(y.square().sum(), inputs["u"], create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice|once_differentiable"):
+        gu.sum().backward()
+
+
+def test_fn_dispatch_and_switch(monkeypatch):
+    """``selective_scan_fn`` runs the kernel on the CPU; ``VL_MAMBA_CPU_KERNEL=0`` switches to the PyTorch scan at
+    run time, and ``selective_scan_cpu`` then refuses to run."""
+    inputs = {k: v.detach() for k, v in scan_inputs(2, 8, 17, 4).items()}
+    kw = dict(delta_softplus=True, return_last_state=True)
+    fn, kernel, torch_path = selective_scan_fn(**inputs, **kw), selective_scan_cpu(**inputs, **kw), None
+    assert torch.equal(fn[0], kernel[0]) and torch.equal(fn[1], kernel[1])
+    monkeypatch.setenv("VL_MAMBA_CPU_KERNEL", "0")
+    assert not kernel_available()
+    fn, torch_path = selective_scan_fn(**inputs, **kw), selective_scan_torch(**inputs, **kw)
+    assert torch.equal(fn[0], torch_path[0]) and torch.equal(fn[1], torch_path[1])
+    with pytest.raises(RuntimeError, match="not available"):
+        selective_scan_cpu(**inputs)
+
+
+def test_build_is_cached_by_key(tmp_path, monkeypatch):
+    """A build goes to $VL_MAMBA_CACHE/kernels under a name that hashes the source and flags; a second request
+    reuses the file; the library loads and passes the check against the reference."""
+    monkeypatch.setenv("VL_MAMBA_CACHE", str(tmp_path))
+    compiler = cpu_build.shutil.which("cc")
+    flags, libs = cpu_build._VARIANTS[-1]  # the portable build: every machine with a compiler makes it
+    path = cpu_build._build(compiler, flags, libs)
+    assert path.parent == tmp_path / "kernels" and path.name.startswith("cpu_scan-") and path.suffix == ".so"
+    stamp = path.stat().st_mtime_ns
+    assert cpu_build._build(compiler, flags, libs) == path and path.stat().st_mtime_ns == stamp
+    assert [p.name for p in (tmp_path / "kernels").iterdir()] == [path.name]  # no temporary files left
+    assert cpu_build._build(compiler, ("-DVL_UNUSED",), libs) != path  # other flags, another file
+    assert scan_cpu.self_check(cpu_build._load(path)) is None
+
+
+def test_broken_compiler_falls_back_with_a_warning(tmp_path, monkeypatch):
+    """A compiler that fails every build: ``library()`` warns with the compiler's message and returns None, and the
+    scan runs in PyTorch."""
+    fake = tmp_path / "cc"
+    fake.write_text("#!/bin/sh\necho 'fatal: no such compiler feature' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    monkeypatch.setenv("VL_MAMBA_CACHE", str(tmp_path / "cache"))
+    cpu_build.library.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="not used.*no such compiler feature"):
+            assert cpu_build.library() is None
+        assert not kernel_available()
+        inputs = {k: v.detach() for k, v in scan_inputs(1, 4, 6, 2).items()}
+        assert torch.equal(selective_scan_fn(**inputs), selective_scan_torch(**inputs))
+    finally:
+        monkeypatch.undo()
+        cpu_build.library.cache_clear()
+    assert kernel_available()  # the real compiler again
+
+
+def test_a_wrong_build_is_not_used():
+    """The check at load compares a build with the reference: a library whose results differ is refused."""
+    lib = cpu_build.library()
+
+    class Wrong:
+        """The real library, except that its forward leaves the outputs zero."""
+
+        def __getattr__(self, name):
+            real = getattr(lib, name)
+            if not name.startswith("vl_scan_forward"):
+                return real
+
+            def forward(ref):
+                args = ref._obj  # what ctypes.byref points to
+                real(ref)
+                size = args.batch * args.dim * args.length * (8 if name.endswith("f64") else 4)
+                ctypes.memset(args.out, 0, size)
+                return 0
+
+            return forward
+
+    problem = scan_cpu.self_check(Wrong())
+    assert problem is not None and "y differs from the reference" in problem
+
+
+def test_compiler_errors_surface(tmp_path, monkeypatch):
+    """A build that fails raises with the compiler's own message (what ``library()`` puts in its warning)."""
+    monkeypatch.setenv("VL_MAMBA_CACHE", str(tmp_path))
+    with pytest.raises(subprocess.SubprocessError, match="error"):
+        cpu_build._build(cpu_build.shutil.which("cc"), ("-DVL_LANES=oops", "-Werror"), ("-lm",))
+
+
+def test_first_use_under_inference_mode():
+    """The check at load runs with gradients even when the first scan of a process runs under inference_mode."""
+    cpu_build.library.cache_clear()
+    try:
+        inputs = {k: v.detach() for k, v in scan_inputs(2, 8, 9, 4).items()}
+        with torch.inference_mode():
+            y = selective_scan_fn(**inputs, delta_softplus=True)
+            assert kernel_available()
+        assert_close_rel(y, selective_scan_ref(**inputs, delta_softplus=True), 1e-5, "output")
+    finally:
+        cpu_build.library.cache_clear()
