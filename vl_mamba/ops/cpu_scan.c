@@ -14,7 +14,8 @@
  * runs the adjoint recurrence G_t = C_t g_t + decay_{t+1} G_{t+1} through them. Decays are single-step
  * exponentials, at most 1 for a stable A, only ever multiplied: nothing overflows, whatever dt * |A|.
  *
- * The file is compiled twice over by including itself, once for float and once for double.
+ * The file is compiled twice over by including itself (by name: keep it cpu_scan.c), once for float and once for
+ * double.
  */
 #ifndef VL_REAL
 
@@ -53,7 +54,7 @@ int vl_scan_lanes(void) { return VL_LANES; }
 #define VL_REAL float
 #define VL_EXP expf
 #define VL_NAME(x) x##_f32
-#include __FILE__
+#include "cpu_scan.c"
 #undef VL_REAL
 #undef VL_EXP
 #undef VL_NAME
@@ -61,7 +62,7 @@ int vl_scan_lanes(void) { return VL_LANES; }
 #define VL_REAL double
 #define VL_EXP exp
 #define VL_NAME(x) x##_f64
-#include __FILE__
+#include "cpu_scan.c"
 #undef VL_REAL
 #undef VL_EXP
 #undef VL_NAME
@@ -75,12 +76,12 @@ typedef VL_REAL VL_NAME(real);
    rows of B and C; in the backward also the chunk's decays and states, (chunk, N, VL_LANES). */
 typedef struct {
     R *dt, *u, *z, *y, *g, *gu, *gdt, *gz, *B, *C;
-    R *h, *h0, *Ab, *G, *gAl, *gDl, *decay, *states;
+    R *h, *h0, *Ab, *G, *gAl, *gDl, *Dl, *decay, *states;
 } VL_NAME(work);
 
 static void *VL_NAME(work_alloc)(VL_NAME(work) *w, int64_t chunk, int64_t n, int backward) {
     const int64_t row = chunk * VL_LANES, state = n * VL_LANES, big = backward ? chunk * state : 0;
-    const int64_t total = 10 * row + 2 * chunk * n + 6 * state + VL_LANES + 2 * big;
+    const int64_t total = 10 * row + 2 * chunk * n + 6 * state + 2 * VL_LANES + 2 * big;
     R *p = (R *)calloc((size_t)total, sizeof(R));
     if (!p) return NULL;
     R *q = p;
@@ -88,7 +89,7 @@ static void *VL_NAME(work_alloc)(VL_NAME(work) *w, int64_t chunk, int64_t n, int
     w->gu = q; q += row; w->gdt = q; q += row; w->gz = q; q += row; q += 2 * row;
     w->B = q; q += chunk * n; w->C = q; q += chunk * n;
     w->h = q; q += state; w->h0 = q; q += state; w->Ab = q; q += state; w->G = q; q += state;
-    w->gAl = q; q += state; q += state; w->gDl = q; q += VL_LANES;
+    w->gAl = q; q += state; q += state; w->gDl = q; q += VL_LANES; w->Dl = q; q += VL_LANES;
     w->decay = q; q += big; w->states = q;
     return p;
 }
@@ -119,8 +120,6 @@ static inline void VL_NAME(gather_bc)(R *dst, const R *src, const int64_t *s, in
         for (int64_t j = 0; j < m; j++) dst[j * n + k] = p[j * s[3]];
     }
 }
-
-static inline R VL_NAME(sigmoid)(R x) { return (R)1 / ((R)1 + VL_EXP(-x)); }
 
 /* m steps of w channels from the states h: outputs y (before D and the gate) and, when `decay` is not NULL, every
    step's decays and states (m, N, VL_LANES). Always inlined, so that the w = VL_LANES calls get fixed-width loops. */
@@ -214,12 +213,15 @@ static inline __attribute__((always_inline)) void VL_NAME(adjoint)(
     }
 }
 
-/* The channels [c0, c0 + w) of sequence b and group g: set up the lanes (A, the start state). */
+/* The per-channel constants of lanes c0 .. c0+w-1: A (N, VL_LANES) and D (zero without D, and in unused lanes). */
 static void VL_NAME(lanes)(VL_NAME(work) *wk, const vl_scan_args *a, int64_t c0, int64_t w) {
-    const R *A = (const R *)a->A;
+    const R *A = (const R *)a->A, *D = (const R *)a->D;
     memset(wk->Ab, 0, sizeof(R) * a->n * VL_LANES);
-    for (int64_t c = 0; c < w; c++)
+    memset(wk->Dl, 0, sizeof(R) * VL_LANES);
+    for (int64_t c = 0; c < w; c++) {
         for (int64_t k = 0; k < a->n; k++) wk->Ab[k * VL_LANES + c] = A[(c0 + c) * a->n + k];
+        if (D) wk->Dl[c] = D[c0 + c];
+    }
 }
 
 /* Copies between a (batch, dim, N) tensor's channels [c0, c0 + w) of sequence b and lane-major state rows. */
@@ -249,7 +251,6 @@ int VL_NAME(vl_scan_forward)(const vl_scan_args *a) {
     const int64_t n = a->n, L = a->length, T = a->chunk, per_group = a->dim / a->groups;
     void *mem = VL_NAME(work_alloc)(&wk, T, n, 0);
     if (!mem) return 1;
-    const R *D = (const R *)a->D;
     R *out = (R *)a->out, *starts = (R *)a->starts;
     const int64_t state_stride = a->batch * a->dim * n;  /* between the chunks of `starts` */
     for (int64_t b = 0; b < a->batch; b++) {
@@ -266,12 +267,15 @@ int VL_NAME(vl_scan_forward)(const vl_scan_args *a) {
                 VL_NAME(gather_bc)(wk.C, (const R *)a->C, a->sC, n, b, g, t0, m);
                 if (w == VL_LANES) VL_NAME(steps)(&wk, n, m, VL_LANES, NULL, NULL);
                 else VL_NAME(steps)(&wk, n, m, w, NULL, NULL);
-                if (D)
-                    for (int64_t j = 0; j < m; j++)
-                        for (int64_t c = 0; c < w; c++) wk.y[j * VL_LANES + c] += D[c0 + c] * wk.u[j * VL_LANES + c];
+                for (int64_t j = 0; j < m; j++) {
+                    const int64_t r = j * VL_LANES;
+#pragma omp simd
+                    for (int64_t c = 0; c < VL_LANES; c++) wk.y[r + c] += wk.Dl[c] * wk.u[r + c];
+                }
                 if (a->z) {
                     VL_NAME(gather)(wk.z, (const R *)a->z, a->sz, b, c0, w, t0, m);
-                    for (int64_t i = 0; i < m * VL_LANES; i++) wk.y[i] *= wk.z[i] * VL_NAME(sigmoid)(wk.z[i]);
+#pragma omp simd
+                    for (int64_t i = 0; i < m * VL_LANES; i++) wk.y[i] *= wk.z[i] / ((R)1 + VL_EXP(-wk.z[i]));
                 }
                 VL_NAME(scatter)(out, wk.y, a->dim, L, b, c0, w, t0, m);
             }
@@ -288,7 +292,7 @@ int VL_NAME(vl_scan_backward)(const vl_scan_args *a) {
     const int64_t n = a->n, L = a->length, T = a->chunk, per_group = a->dim / a->groups;
     void *mem = VL_NAME(work_alloc)(&wk, T, n, 1);
     if (!mem) return 1;
-    const R *D = (const R *)a->D, *starts = (const R *)a->starts;
+    const R *starts = (const R *)a->starts;
     R *gA = (R *)a->gA, *gD = (R *)a->gD;
     const int64_t state_stride = a->batch * a->dim * n, chunks = L ? (L + T - 1) / T : 0;
     for (int64_t b = 0; b < a->batch; b++) {
@@ -310,28 +314,37 @@ int VL_NAME(vl_scan_backward)(const vl_scan_args *a) {
                 memcpy(wk.h, wk.h0, sizeof(R) * n * VL_LANES);
                 if (w == VL_LANES) VL_NAME(steps)(&wk, n, m, VL_LANES, wk.decay, wk.states);
                 else VL_NAME(steps)(&wk, n, m, w, wk.decay, wk.states);
-                /* The gradient of y before the gate and D (kept in wk.gz's rows until the adjoint has read it),
-                   and the gradients of D and z. */
-                if (a->z) VL_NAME(gather)(wk.z, (const R *)a->z, a->sz, b, c0, w, t0, m);
-                R *gzo = wk.y;  /* y's rows are free once read here: they take z's gradient */
-                for (int64_t j = 0; j < m; j++)
-                    for (int64_t c = 0; c < w; c++) {
-                        const int64_t i = j * VL_LANES + c;
-                        R gy = wk.g[i];
-                        const R du = D ? D[c0 + c] * wk.u[i] : 0;
-                        if (a->z) {
-                            const R z = wk.z[i], s = VL_NAME(sigmoid)(z);
-                            gzo[i] = gy * (wk.y[i] + du) * s * (1 + z * (1 - s));
-                            gy *= z * s;
+                /* The gradient of y before the gate and D (in wk.gz's rows until the adjoint has read it), and the
+                   gradients of z (into y's rows, free once read) and D. Whole rows of lanes, so that the loops
+                   vectorise; lanes beyond w are never scattered. */
+                R *restrict gy = wk.gz, *restrict gzo = wk.y;
+                const R *restrict Dl = wk.Dl;
+                if (a->z) {
+                    VL_NAME(gather)(wk.z, (const R *)a->z, a->sz, b, c0, w, t0, m);
+                    for (int64_t j = 0; j < m; j++) {
+                        const int64_t r = j * VL_LANES;
+#pragma omp simd
+                        for (int64_t c = 0; c < VL_LANES; c++) {
+                            const R z = wk.z[r + c], s = (R)1 / ((R)1 + VL_EXP(-z)), g = wk.g[r + c];
+                            gzo[r + c] = g * (wk.y[r + c] + Dl[c] * wk.u[r + c]) * s * (1 + z * (1 - s));
+                            gy[r + c] = g * z * s;
                         }
-                        wk.gz[i] = gy;
-                        if (D) wk.gDl[c] += gy * wk.u[i];
                     }
+                } else {
+                    memcpy(gy, wk.g, sizeof(R) * m * VL_LANES);
+                }
+                for (int64_t j = 0; j < m; j++) {
+                    const int64_t r = j * VL_LANES;
+#pragma omp simd
+                    for (int64_t c = 0; c < VL_LANES; c++) wk.gDl[c] += gy[r + c] * wk.u[r + c];
+                }
                 if (w == VL_LANES) VL_NAME(adjoint)(&wk, n, m, VL_LANES, gB + t0, gC + t0, L);
                 else VL_NAME(adjoint)(&wk, n, m, w, gB + t0, gC + t0, L);
-                if (D)
-                    for (int64_t j = 0; j < m; j++)
-                        for (int64_t c = 0; c < w; c++) wk.gu[j * VL_LANES + c] += wk.gz[j * VL_LANES + c] * D[c0 + c];
+                for (int64_t j = 0; j < m; j++) {
+                    const int64_t r = j * VL_LANES;
+#pragma omp simd
+                    for (int64_t c = 0; c < VL_LANES; c++) wk.gu[r + c] += gy[r + c] * Dl[c];
+                }
                 VL_NAME(scatter)((R *)a->gu, wk.gu, a->dim, L, b, c0, w, t0, m);
                 VL_NAME(scatter)((R *)a->gdt, wk.gdt, a->dim, L, b, c0, w, t0, m);
                 if (a->z) VL_NAME(scatter)((R *)a->gz, gzo, a->dim, L, b, c0, w, t0, m);
