@@ -1,5 +1,5 @@
-"""Shared test fixtures: the repository root and the GPT-NeoX-20B tokenizer in ../shared/assets (tests that
-need it are skipped, with the reason, when it is absent)."""
+"""Shared test fixtures: the repository root, the GPT-NeoX-20B tokenizer in ../shared/assets (tests that need it
+are skipped, with the reason, when it is absent), and the selective scans cut into blocks of channels."""
 
 from __future__ import annotations
 
@@ -32,3 +32,18 @@ def text_tokenizer(tokenizer_path: Path):
     from vl_mamba.tokenizer import TextTokenizer
 
     return TextTokenizer.load(tokenizer_path)
+
+
+@pytest.fixture
+def channel_blocks(monkeypatch, request):
+    """Blocks of channels on worker threads for every scan, however small (the PyTorch scan's and the compiled
+    kernel's): ``request.param`` torch threads (so blocks) on the calling thread, restored afterwards."""
+    import torch
+
+    monkeypatch.setattr("vl_mamba.ops.selective_scan._PART_ELEMENTS", 1)
+    monkeypatch.setattr("vl_mamba.ops.selective_scan._PART_CHANNELS", 1)
+    monkeypatch.setattr("vl_mamba.ops.scan_cpu._PART_ELEMENTS", 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(threads)

@@ -13,27 +13,20 @@ import subprocess
 
 import pytest
 import torch
-from _helpers import TOLERANCE, assert_close_rel, clone_inputs, outputs_and_grads, scan_inputs
-from test_ops_selective_scan import OPTIONS, SHAPES
+from _helpers import assert_close_rel, scan_inputs
+from test_ops_selective_scan import (
+    OPTIONS,
+    SHAPES,
+    check_extreme_decays,
+    check_last_state_gradient,
+    check_strided_inputs,
+    compare_with_ref,
+)
 
 from vl_mamba.ops import cpu_build, scan_cpu, selective_scan_fn, selective_scan_ref, selective_scan_torch
 from vl_mamba.ops.scan_cpu import kernel_available, selective_scan_cpu
 
 pytestmark = pytest.mark.skipif(not cpu_build.enabled(), reason="VL_MAMBA_CPU_KERNEL=0: the kernel is switched off")
-
-
-def _compare(inputs, dtype, fn=selective_scan_cpu, **kwargs):
-    tol = TOLERANCE[dtype]
-    fast_out, fast_grads = outputs_and_grads(fn, inputs, **kwargs)
-    ref_out, ref_grads = outputs_and_grads(selective_scan_ref, inputs, **kwargs)
-    assert len(fast_out) == len(ref_out)
-    for i, (f, r) in enumerate(zip(fast_out, ref_out)):
-        assert f.dtype == r.dtype, f"output {i}: dtype {f.dtype} vs {r.dtype}"
-        assert_close_rel(f, r, tol, f"output {i}")
-    assert fast_grads.keys() == ref_grads.keys()
-    for name in ref_grads:
-        assert fast_grads[name].dtype == ref_grads[name].dtype, name
-        assert_close_rel(fast_grads[name], ref_grads[name], tol, f"grad of {name}")
 
 
 def test_kernel_builds_here():
@@ -58,24 +51,13 @@ def test_matches_ref(dtype, shape, options, chunk_elements):
     batch, dim, length, n, groups = shape
     use_D, use_z, use_bias, softplus, last = options
     inputs = scan_inputs(batch, dim, length, n, groups, dtype, D=use_D, z=use_z, delta_bias=use_bias)
-    _compare(inputs, dtype, delta_softplus=softplus, return_last_state=last)
+    compare_with_ref(inputs, dtype, selective_scan_cpu, delta_softplus=softplus, return_last_state=last)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_half_precision_inputs_match_ref(dtype):
     inputs = scan_inputs(2, 8, 37, 4, None, dtype, param_dtype=torch.float32)
-    _compare(inputs, dtype, delta_softplus=True, return_last_state=True)
-
-
-@pytest.fixture
-def channel_blocks(monkeypatch, request):
-    """Blocks of channels on worker threads for every scan, however small: ``request.param`` torch threads."""
-    monkeypatch.setattr(scan_cpu, "_PART_ELEMENTS", 1)
-    monkeypatch.setattr("vl_mamba.ops.selective_scan._PART_CHANNELS", 1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(threads)
+    compare_with_ref(inputs, dtype, selective_scan_cpu, delta_softplus=True, return_last_state=True)
 
 
 @pytest.mark.parametrize("channel_blocks", [2, 3], indirect=True, ids=lambda t: f"{t}-threads")
@@ -90,57 +72,22 @@ def test_channel_blocks_match_ref(dtype, shape, channel_blocks, monkeypatch):
     from vl_mamba.ops.selective_scan import _channel_parts
 
     assert len(_channel_parts(inputs["u"], inputs["A"], inputs["B"], scan_cpu._PART_ELEMENTS)) > 1
-    _compare(inputs, dtype, delta_softplus=True, return_last_state=True)
+    compare_with_ref(inputs, dtype, selective_scan_cpu, delta_softplus=True, return_last_state=True)
     assert torch.get_num_threads() == channel_blocks
 
 
 def test_strided_inputs_and_gradient(chunk_elements):
-    """Inputs as transposed views of (batch, L, ...) tensors, as a layer's projections give them, and y's gradient
-    in that layout too: the kernel reads them with their strides, with the reference's results."""
-    base = scan_inputs(2, 20, 19, 4, 2, torch.float64)
-    strided = {"u", "delta", "z", "B", "C"}
-    leaves = {
-        k: (v.detach().movedim(-1, 1).contiguous() if k in strided else v.detach().clone()).requires_grad_()
-        for k, v in base.items()
-    }
-    views = {k: v.movedim(1, -1) if k in strided else v for k, v in leaves.items()}
-    assert not views["u"].is_contiguous() and not views["B"].is_contiguous()
-    weight = torch.randn(2, 20, 19, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    y = selective_scan_cpu(**views, delta_softplus=True)
-    (y.transpose(1, 2) * weight.transpose(1, 2).contiguous()).sum().backward()
-    ref_inputs = clone_inputs(base)
-    y_ref = selective_scan_ref(**ref_inputs, delta_softplus=True)
-    (y_ref * weight).sum().backward()
-    assert_close_rel(y, y_ref, 1e-10, "output")
-    for k in base:
-        grad = leaves[k].grad.movedim(1, -1) if k in strided else leaves[k].grad
-        assert_close_rel(grad, ref_inputs[k].grad, 1e-10, f"grad of {k}")
+    """The kernel reads transposed views with their strides, y's gradient included."""
+    check_strided_inputs(selective_scan_cpu)
 
 
 def test_last_state_alone_carries_the_loss(chunk_elements):
-    inputs = scan_inputs(2, 4, 29, 3, dtype=torch.float64)
-
-    def last_state(fn):
-        return lambda **kw: fn(**kw, delta_softplus=True, return_last_state=True)[1]
-
-    fast_out, fast_grads = outputs_and_grads(last_state(selective_scan_cpu), inputs)
-    ref_out, ref_grads = outputs_and_grads(last_state(selective_scan_ref), inputs)
-    assert_close_rel(fast_out[0], ref_out[0], 1e-10, "last state")
-    for name in ("u", "delta", "A", "B", "delta_bias"):
-        assert_close_rel(fast_grads[name], ref_grads[name], 1e-10, f"grad of {name}")
-    for name in ("C", "D", "z"):  # they act on the outputs only
-        assert torch.count_nonzero(fast_grads[name]) == 0, name
+    check_last_state_gradient(selective_scan_cpu)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_extreme_decays_stay_finite_and_match_ref(dtype, chunk_elements):
-    """dt * |A| up to 5000 in some channels (decay exp(-5000) = 0), ordinary decays in others."""
-    inputs = scan_inputs(2, 6, 41, 4, dtype=dtype)
-    with torch.no_grad():
-        inputs["delta"][:, :3] = 50.0 + inputs["delta"][:, :3]
-        inputs["A"][:3] = -100.0 + inputs["A"][:3]
-        inputs["delta"][:, 3, ::3] = 80.0
-    _compare(inputs, dtype, delta_softplus=True, return_last_state=True)
+    check_extreme_decays(selective_scan_cpu, dtype)
 
 
 def test_length_zero_and_no_grad():

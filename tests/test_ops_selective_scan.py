@@ -37,9 +37,10 @@ OPTIONS = [
 ]
 
 
-def _compare(inputs, dtype, tol=None, **kwargs):
+def compare_with_ref(inputs, dtype, fn=selective_scan_torch, tol=None, **kwargs):
+    """``fn`` against ``selective_scan_ref`` on the same inputs: dtypes, outputs and every gradient."""
     tol = TOLERANCE[dtype] if tol is None else tol
-    fast_out, fast_grads = outputs_and_grads(selective_scan_torch, inputs, **kwargs)
+    fast_out, fast_grads = outputs_and_grads(fn, inputs, **kwargs)
     ref_out, ref_grads = outputs_and_grads(selective_scan_ref, inputs, **kwargs)
     assert len(fast_out) == len(ref_out)
     for i, (f, r) in enumerate(zip(fast_out, ref_out)):
@@ -67,7 +68,7 @@ def test_matches_ref(dtype, shape, options, tile_elements):
     batch, dim, length, n, groups = shape
     use_D, use_z, use_bias, softplus, last = options
     inputs = scan_inputs(batch, dim, length, n, groups, dtype, D=use_D, z=use_z, delta_bias=use_bias)
-    _compare(inputs, dtype, delta_softplus=softplus, return_last_state=last)
+    compare_with_ref(inputs, dtype, delta_softplus=softplus, return_last_state=last)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
@@ -76,12 +77,16 @@ def test_half_precision_inputs_match_ref(dtype, shape, tile_elements):
     """Half-precision activations with float32 A, D and delta_bias, as under mixed precision (see TOLERANCE)."""
     batch, dim, length, n, groups = shape
     inputs = scan_inputs(batch, dim, length, n, groups, dtype, param_dtype=torch.float32)
-    _compare(inputs, dtype, delta_softplus=True, return_last_state=True)
+    compare_with_ref(inputs, dtype, delta_softplus=True, return_last_state=True)
 
 
 def test_non_contiguous_inputs(tile_elements):
+    check_strided_inputs(selective_scan_torch)
+
+
+def check_strided_inputs(fn) -> None:
     """Inputs as strided views, as projections produce them ((batch, L, ...) transposed), and the output's
-    gradient in that layout too, as a layer's out_proj returns it: same results."""
+    gradient in that layout too, as a layer's out_proj returns it: the reference's results."""
     base = scan_inputs(2, 16, 19, 4, 2, torch.float64)
     strided = {"u", "delta", "z", "B", "C"}
     leaves = {
@@ -91,7 +96,7 @@ def test_non_contiguous_inputs(tile_elements):
     views = {k: v.movedim(1, -1) if k in strided else v for k, v in leaves.items()}
     assert not views["u"].is_contiguous() and not views["B"].is_contiguous()
     weight = torch.randn(2, 16, 19, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    y = selective_scan_torch(**views, delta_softplus=True)
+    y = fn(**views, delta_softplus=True)
     (y.transpose(1, 2) * weight.transpose(1, 2).contiguous()).sum().backward()  # y's gradient: (b, L, d) memory
     ref_inputs = clone_inputs(base)
     y_ref = selective_scan_ref(**ref_inputs, delta_softplus=True)
@@ -100,18 +105,6 @@ def test_non_contiguous_inputs(tile_elements):
     for k in base:
         grad = leaves[k].grad.movedim(1, -1) if k in strided else leaves[k].grad
         assert_close_rel(grad, ref_inputs[k].grad, 1e-10, f"grad of {k}")
-
-
-@pytest.fixture
-def channel_blocks(monkeypatch, request):
-    """Blocks of channels on worker threads for every scan, however small: ``request.param`` torch threads (so
-    blocks) on the calling thread, restored afterwards."""
-    monkeypatch.setattr(scan_module, "_PART_ELEMENTS", 1)
-    monkeypatch.setattr(scan_module, "_PART_CHANNELS", 1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("channel_blocks", [2, 3], indirect=True, ids=lambda t: f"{t}-threads")
@@ -126,7 +119,7 @@ def test_channel_blocks_match_ref(dtype, shape, options, channel_blocks):
     inputs = scan_inputs(batch, dim, length, n, groups, dtype, D=use_D, z=use_z, delta_bias=use_bias)
     parts = scan_module._channel_parts(inputs["u"], inputs["A"], inputs["B"])
     assert len(parts) > 1
-    _compare(inputs, dtype, delta_softplus=softplus, return_last_state=last)
+    compare_with_ref(inputs, dtype, delta_softplus=softplus, return_last_state=last)
     assert torch.get_num_threads() == channel_blocks
 
 
@@ -164,17 +157,18 @@ def test_layout_transpose(shape):
 
 
 def test_last_state_gradient_matches_ref(tile_elements):
+    check_last_state_gradient(selective_scan_torch)
+
+
+def check_last_state_gradient(fn) -> None:
     """The last state alone carries the loss: its gradient reaches every input as in the reference."""
     inputs = scan_inputs(2, 4, 29, 3, dtype=torch.float64)
 
-    def last_state_only(**kw):
-        return selective_scan_torch(**kw, delta_softplus=True, return_last_state=True)[1]
+    def last_state_only(scan):
+        return lambda **kw: scan(**kw, delta_softplus=True, return_last_state=True)[1]
 
-    def last_state_only_ref(**kw):
-        return selective_scan_ref(**kw, delta_softplus=True, return_last_state=True)[1]
-
-    fast_out, fast_grads = outputs_and_grads(last_state_only, inputs)
-    ref_out, ref_grads = outputs_and_grads(last_state_only_ref, inputs)
+    fast_out, fast_grads = outputs_and_grads(last_state_only(fn), inputs)
+    ref_out, ref_grads = outputs_and_grads(last_state_only(selective_scan_ref), inputs)
     assert_close_rel(fast_out[0], ref_out[0], 1e-10, "last state")
     for name in ("u", "delta", "A", "B", "delta_bias"):
         assert_close_rel(fast_grads[name], ref_grads[name], 1e-10, f"grad of {name}")
@@ -185,14 +179,18 @@ def test_last_state_gradient_matches_ref(tile_elements):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_extreme_decays_stay_finite_and_match_ref(dtype, tile_elements):
+    check_extreme_decays(selective_scan_torch, dtype)
+
+
+def check_extreme_decays(fn, dtype) -> None:
     """dt * |A| up to 5000 in some channels (decay exp(-5000) = 0), ordinary decays in others."""
     inputs = scan_inputs(2, 6, 41, 4, dtype=dtype)
     with torch.no_grad():
         inputs["delta"][:, :3] = 50.0 + inputs["delta"][:, :3]  # softplus(~50) = ~50
         inputs["A"][:3] = -100.0 + inputs["A"][:3]
         inputs["delta"][:, 3, ::3] = 80.0  # an extreme step now and then in an otherwise ordinary channel
-    _compare(inputs, dtype, delta_softplus=True, return_last_state=True)
-    y, last = selective_scan_torch(**inputs, delta_softplus=True, return_last_state=True)
+    compare_with_ref(inputs, dtype, fn, delta_softplus=True, return_last_state=True)
+    y, last = fn(**inputs, delta_softplus=True, return_last_state=True)
     assert torch.isfinite(y).all() and torch.isfinite(last).all()
 
 
