@@ -15,7 +15,6 @@ import ctypes
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from vl_mamba.ops import cpu_build
 from vl_mamba.ops.selective_scan import (
@@ -58,8 +57,9 @@ def selective_scan_cpu(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """The compiled CPU selective scan; arguments and result as ``selective_scan_fn``.
 
-    Gradients also flow back from the last state, as in the reference. Its backward is not itself differentiable
-    (no double backward: ``selective_scan_torch`` has one).
+    Gradients also flow back from the last state, as in the reference. A backward that builds a graph
+    (``create_graph=True``: double backward, Hessian-vector products) takes the reference loop's differentiable
+    backward instead of the kernel's, slower but differentiable again.
 
     Raises:
         RuntimeError: the kernel is not available here (see ``kernel_available``), or a tensor is not on the CPU.
@@ -137,17 +137,20 @@ class _KernelScan(torch.autograd.Function):
 
         _run_parts(run, parts)
         if keep:
-            ctx.save_for_backward(uf, dt, Af, Bf, Cf, Df, zf, starts, pre if delta_softplus else None)
+            ctx.save_for_backward(uf, dt, Af, Bf, Cf, Df, zf, starts, pre if delta_softplus else None,
+                                  u, delta, A, B, C, D, z, delta_bias)
             ctx.meta = (lib, chunk, parts, delta_softplus, delta_bias is not None, B.dim(),
                         [t.dtype if t is not None else None for t in (u, delta, A, B, C, D, z, delta_bias)])
         ctx.set_materialize_grads(False)
         return out.to(u.dtype), last
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out, grad_last):
-        uf, dt, Af, Bf, Cf, Df, zf, starts, pre = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        uf, dt, Af, Bf, Cf, Df, zf, starts, pre = saved[:9]
         lib, chunk, parts, softplus, has_bias, b_dims, dtypes = ctx.meta
+        if torch.is_grad_enabled():
+            return (*_graph_backward(saved[9:], softplus, grad_out, grad_last), None, None)
         cdt = uf.dtype
         batch, dim, length = uf.shape
         g = uf.new_zeros(1, 1, 1).expand(batch, dim, length) if grad_out is None else grad_out.to(cdt)
@@ -172,6 +175,17 @@ class _KernelScan(torch.autograd.Function):
             gB, gC = gB.squeeze(1), gC.squeeze(1)
         grads = [gu, gdt, gA, gB, gC, gD, gz, gdt.sum((0, 2)) if has_bias else None]
         return (*(None if gr is None else gr.to(dt_) for gr, dt_ in zip(grads, dtypes)), None, None)
+
+
+def _graph_backward(inputs: tuple, softplus: bool, grad_out: Tensor | None, grad_last: Tensor | None) -> tuple:
+    """The gradients of the inputs through ``selective_scan_ref`` under autograd, with a graph of their own: the
+    backward for ``create_graph=True``. Inputs that need no gradient get None."""
+    wanted = [t for t in inputs if t is not None and t.requires_grad]
+    y, last = selective_scan_ref(*inputs, delta_softplus=softplus, return_last_state=True)
+    pairs = [(out, grad) for out, grad in ((y, grad_out), (last, grad_last)) if grad is not None]
+    grads = iter(torch.autograd.grad([p[0] for p in pairs], wanted, [p[1] for p in pairs], create_graph=True,
+                                     allow_unused=True))
+    return tuple(next(grads) if t is not None and t.requires_grad else None for t in inputs)
 
 
 def self_check(lib: ctypes.CDLL) -> str | None:

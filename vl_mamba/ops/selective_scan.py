@@ -345,7 +345,9 @@ class _SelectiveScan(torch.autograd.Function):
             )
 
         indices = list(range(len(ctx.parts)))
-        # A backward that builds a graph (double backward) keeps to this thread, where the graph is recorded.
+        # A backward under grad mode keeps to this thread. It is not differentiable itself (its tile buffers are
+        # written with out= ops, which autograd refuses): for double backward the compiled kernel's Function
+        # (``scan_cpu``) or ``selective_scan_ref``.
         results = [part(i) for i in indices] if torch.is_grad_enabled() else _run_parts(part, indices)
         return (*_join_grads(results, inputs[3]), None)
 
