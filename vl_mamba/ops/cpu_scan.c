@@ -81,15 +81,15 @@ typedef struct {
 
 static void *VL_NAME(work_alloc)(VL_NAME(work) *w, int64_t chunk, int64_t n, int backward) {
     const int64_t row = chunk * VL_LANES, state = n * VL_LANES, big = backward ? chunk * state : 0;
-    const int64_t total = 10 * row + 2 * chunk * n + 6 * state + 2 * VL_LANES + 2 * big;
+    const int64_t total = 8 * row + 2 * chunk * n + 5 * state + 2 * VL_LANES + 2 * big;
     R *p = (R *)calloc((size_t)total, sizeof(R));
     if (!p) return NULL;
     R *q = p;
     w->dt = q; q += row; w->u = q; q += row; w->z = q; q += row; w->y = q; q += row; w->g = q; q += row;
-    w->gu = q; q += row; w->gdt = q; q += row; w->gz = q; q += row; q += 2 * row;
+    w->gu = q; q += row; w->gdt = q; q += row; w->gz = q; q += row;
     w->B = q; q += chunk * n; w->C = q; q += chunk * n;
     w->h = q; q += state; w->h0 = q; q += state; w->Ab = q; q += state; w->G = q; q += state;
-    w->gAl = q; q += state; q += state; w->gDl = q; q += VL_LANES; w->Dl = q; q += VL_LANES;
+    w->gAl = q; q += state; w->gDl = q; q += VL_LANES; w->Dl = q; q += VL_LANES;
     w->decay = q; q += big; w->states = q;
     return p;
 }

@@ -139,18 +139,17 @@ class _KernelScan(torch.autograd.Function):
         if keep:
             ctx.save_for_backward(uf, dt, Af, Bf, Cf, Df, zf, starts, pre if delta_softplus else None,
                                   u, delta, A, B, C, D, z, delta_bias)
-            ctx.meta = (lib, chunk, parts, delta_softplus, delta_bias is not None, B.dim(),
-                        [t.dtype if t is not None else None for t in (u, delta, A, B, C, D, z, delta_bias)])
+            ctx.meta = (lib, chunk, parts, delta_softplus)
         ctx.set_materialize_grads(False)
         return out.to(u.dtype), last
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):
         saved = ctx.saved_tensors
-        uf, dt, Af, Bf, Cf, Df, zf, starts, pre = saved[:9]
-        lib, chunk, parts, softplus, has_bias, b_dims, dtypes = ctx.meta
+        (uf, dt, Af, Bf, Cf, Df, zf, starts, pre), inputs = saved[:9], saved[9:]
+        lib, chunk, parts, softplus = ctx.meta
         if torch.is_grad_enabled():
-            return (*_graph_backward(saved[9:], softplus, grad_out, grad_last), None, None)
+            return (*_graph_backward(inputs, softplus, grad_out, grad_last), None, None)
         cdt = uf.dtype
         batch, dim, length = uf.shape
         g = uf.new_zeros(1, 1, 1).expand(batch, dim, length) if grad_out is None else grad_out.to(cdt)
@@ -171,10 +170,10 @@ class _KernelScan(torch.autograd.Function):
         if softplus:
             gdt = torch.ops.aten.softplus_backward(gdt, pre, 1.0, 20.0)
         gB, gC = (gBC[0][k] if len(parts) == 1 else torch.stack([p[k] for p in gBC]).sum(0) for k in (0, 1))
-        if b_dims == 3:
+        if inputs[3].dim() == 3:
             gB, gC = gB.squeeze(1), gC.squeeze(1)
-        grads = [gu, gdt, gA, gB, gC, gD, gz, gdt.sum((0, 2)) if has_bias else None]
-        return (*(None if gr is None else gr.to(dt_) for gr, dt_ in zip(grads, dtypes)), None, None)
+        grads = [gu, gdt, gA, gB, gC, gD, gz, None if inputs[7] is None else gdt.sum((0, 2))]
+        return (*(None if gr is None else gr.to(t.dtype) for gr, t in zip(grads, inputs)), None, None)
 
 
 def _graph_backward(inputs: tuple, softplus: bool, grad_out: Tensor | None, grad_last: Tensor | None) -> tuple:
