@@ -90,8 +90,10 @@ def selective_scan_fn(
     delta_softplus: bool = False,
     return_last_state: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Selective scan: mamba_ssm's CUDA kernel when it applies, else the Triton scan on CUDA; on the CPU the
-    compiled kernel (``selective_scan_cpu``) where it builds, else ``selective_scan_torch``.
+    """Selective scan: mamba_ssm's CUDA kernel when it applies, else the Triton scan on CUDA (this package's own
+    CUDA kernel, ``selective_scan_cuda``, instead where ``VL_MAMBA_CUDA_SCAN=1`` asks for it and it takes the
+    operands); on the CPU the compiled kernel (``selective_scan_cpu``) where it builds, else
+    ``selective_scan_torch``.
 
     Args:
         u: input, (batch, dim, L).
@@ -109,6 +111,10 @@ def selective_scan_fn(
         y with u's dtype, (batch, dim, L); and the last state (float32) when asked for.
     """
     if _kernel_ok(u, delta, A, B, C, D, z, delta_bias):
+        if _own_cuda_ok(u, A, B):
+            from vl_mamba.ops.scan_cuda import selective_scan_cuda
+
+            return selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
         kernel = _cuda_scan()
         if kernel is not None:
             return kernel(
@@ -123,6 +129,17 @@ def selective_scan_fn(
 
         return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+def _own_cuda_ok(u: Tensor, A: Tensor, B: Tensor) -> bool:
+    """``VL_MAMBA_CUDA_SCAN=1`` asks for this package's CUDA kernel, it takes these operands and it builds here."""
+    from vl_mamba.ops import cuda_build
+
+    if not cuda_build.enabled():
+        return False
+    from vl_mamba.ops.scan_cuda import kernel_available, supports
+
+    return supports(u, A, B) and kernel_available()
 
 
 def _cpu_kernel_ok(*tensors: Tensor | None) -> bool:

@@ -1,0 +1,131 @@
+"""Building and loading ``cuda_scan.cu``, the selective scan's own CUDA kernel, with nvcc.
+
+The library is compiled on first use for the card at hand (``-arch=sm_XY`` of device 0) into
+``$VL_MAMBA_CACHE/kernels`` (else ``~/.cache/vl-mamba/kernels``), under a name that hashes the source, nvcc's
+version, the flags and the architecture; a build is written to a temporary name and renamed into place, so that
+ranks starting together never load a half-written file. It needs no PyTorch headers: the kernel takes raw pointers
+and torch's stream through ctypes, so a build takes seconds.
+
+The kernel is used only where ``VL_MAMBA_CUDA_SCAN=1`` asks for it (``selective_scan_cuda`` itself runs it
+whenever called). Its backward is faster than mamba_ssm's and its forward slower, and it runs one block per
+(sequence, 32 channels) along the whole length, so that a few long sequences leave an H100 partly idle (see
+BENCHMARKS.md, "GPU: this package's CUDA scan"). Without nvcc, or where the build fails, ``library()`` returns None
+with a warning and ``selective_scan_fn`` keeps to mamba_ssm's kernel or the Triton scan.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from vl_mamba.utils.cache import cache_root
+
+SOURCE = Path(__file__).with_name("cuda_scan.cu")
+ENV_SWITCH = "VL_MAMBA_CUDA_SCAN"
+_FLAGS = ("-O3", "--use_fast_math", "-std=c++17", "-shared", "-Xcompiler", "-fPIC")
+LANES = 16
+CHUNK = 64
+CHANNELS = 32
+"""The kernel's state lanes per channel (the most states it takes), steps per tile and saved state, and channels
+per block (``cuda_scan.cu``)."""
+DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+class CudaScanArgs(ctypes.Structure):
+    """``vl_cuda_scan_args`` of ``cuda_scan.cu``, field for field."""
+
+    _fields_ = [
+        *((name, ctypes.c_int64) for name in ("batch", "dim", "length", "nstate", "nchunks")),
+        *((name, ctypes.c_int32) for name in ("softplus", "in_dtype", "w_dtype", "vec")),
+        *((name, ctypes.c_void_p) for name in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")),
+        *((name, ctypes.c_int64 * 2) for name in ("su", "sdelta", "sB", "sC", "sz")),
+        *((name, ctypes.c_void_p) for name in ("out", "last", "ckpt", "dout", "dlast", "du", "ddelta", "dz")),
+        *((name, ctypes.c_void_p) for name in ("dA", "dD", "dbias", "dBC")),
+    ]
+
+
+def enabled() -> bool:
+    """Whether ``VL_MAMBA_CUDA_SCAN`` asks ``selective_scan_fn`` for this kernel (1, true, yes or on); read at
+    every call."""
+    return os.environ.get(ENV_SWITCH, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def nvcc_path() -> str | None:
+    """nvcc from ``$CUDA_HOME`` (or torch's idea of it), else from PATH."""
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    try:
+        from torch.utils.cpp_extension import CUDA_HOME
+
+        homes.append(CUDA_HOME)
+    except (ImportError, OSError):
+        pass
+    for home in filter(None, homes):
+        candidate = Path(home) / "bin" / "nvcc"
+        if candidate.exists():
+            return str(candidate)
+    return shutil.which("nvcc")
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel library for device 0's architecture, built if needed; None (with a warning) where it
+    cannot be built. Built once per process."""
+    if not torch.cuda.is_available():
+        return None
+    nvcc = nvcc_path()
+    if nvcc is None:
+        warnings.warn("nvcc not found (set CUDA_HOME): the selective scan's own CUDA kernel is not used", stacklevel=2)
+        return None
+    major, minor = torch.cuda.get_device_capability(0)
+    try:
+        return _load(_build(nvcc, f"sm_{major}{minor}"))
+    except (OSError, subprocess.SubprocessError) as err:
+        warnings.warn(f"the selective scan's CUDA kernel did not build: {str(err).strip()[-500:]}", stacklevel=2)
+        return None
+
+
+def _build(nvcc: str, arch: str) -> Path:
+    command = [nvcc, *_FLAGS, f"-arch={arch}"]
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), _nvcc_version(nvcc).encode(), " ".join(command).encode()):
+        key.update(part)
+        key.update(b"\0")
+    out_dir = cache_root() / "kernels"
+    target = out_dir / f"cuda_scan-{arch}-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".cuda_scan-", suffix=".so", dir=out_dir)
+    os.close(fd)
+    try:
+        subprocess.run([*command, "-o", tmp, str(SOURCE)], check=True, capture_output=True, text=True, timeout=600)
+        os.replace(tmp, target)
+    except subprocess.CalledProcessError as err:
+        raise subprocess.SubprocessError(err.stderr or str(err)) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    lib.vl_cuda_scan.argtypes = [ctypes.POINTER(CudaScanArgs), ctypes.c_int, ctypes.c_void_p]
+    lib.vl_cuda_scan.restype = ctypes.c_int
+    return lib
+
+
+def _nvcc_version(nvcc: str) -> str:
+    try:
+        return subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
