@@ -5,6 +5,7 @@ pretrained weights at hand, so this callback stands in for that pretraining: on 
 trains the encoder, with a linear head on each patch token, to name the object centred in that patch (its
 colour and shape, or "empty"). The head is thrown away afterwards; with ``stage: finetune`` the encoder then
 stays frozen, as in the paper. The scenes come from their own seed, apart from the training and held-out sets.
+Under DDP rank 0 runs the warm-up and broadcasts the encoder's weights to the other ranks.
 """
 
 from __future__ import annotations
@@ -160,9 +161,16 @@ class PerceptionWarmup(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.done or trainer.ckpt_path is not None:
             return
-        if trainer.world_size > 1:
-            raise ValueError("PerceptionWarmup runs in single-process fits only (the built-in demo)")
         encoder = pl_module.model.encoder
+        if trainer.is_global_zero:
+            self._warm_up(encoder)
+        if trainer.world_size > 1:
+            # One warm-up, on rank 0; the others take its encoder (all ranks must hold the same frozen encoder).
+            for tensor in encoder.state_dict().values():
+                torch.distributed.broadcast(tensor, src=0)
+        self.done = True
+
+    def _warm_up(self, encoder: nn.Module) -> None:
         grid = tuple(encoder.grid)
         config = encoder.data_config
         size = self.image_size or config["input_size"][-1]
@@ -172,7 +180,6 @@ class PerceptionWarmup(pl.Callback):
         self.result = warm_up_encoder(
             encoder, images, labels, held_out, self.steps, self.batch_size, self.lr, self.seed
         )
-        self.done = True
         r = self.result
         log.info(
             "perception warm-up: %d steps in %.1f s; held-out patches named %.1f %% (object patches %.1f %%, "

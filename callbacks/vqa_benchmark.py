@@ -104,6 +104,8 @@ class VQABenchmarkCallback(pl.Callback):
         template = get_template(pl_module.hparams.get("template", "vicuna_v1"))
         transform = ImageTransform(pl_module.image_config, resize=self.resize)
         results = []
+        # Every rank asks: under DDP, trainer.log_dir broadcasts rank 0's directory, a collective call.
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "benchmarks"
         context = _full_parameters(trainer)
         # Gathered FSDP parameters live only inside the context: no CUDA graph may keep their addresses.
         generation = replace(self.generation, cuda_graph=context.context is None)
@@ -119,7 +121,7 @@ class VQABenchmarkCallback(pl.Callback):
                 for metric, value in result.scores.items():
                     pl_module.log(f"{prefix}/{name}/{metric}", value, rank_zero_only=True, sync_dist=False)
                 if trainer.is_global_zero:
-                    self._write(trainer, spec, result)
+                    self._write(trainer, out_dir, spec, result)
         if trainer.is_global_zero:
             Console(stderr=True).print(results_table(results, f"benchmarks at step {trainer.global_step}"))
         return results
@@ -130,8 +132,7 @@ class VQABenchmarkCallback(pl.Callback):
             self._specs[name] = get_benchmark(kind, root, **self.benchmark_kwargs.get(name, {}))
         return self._specs[name]
 
-    def _write(self, trainer: pl.Trainer, spec: Any, result: BenchmarkResult) -> None:
-        directory = Path(trainer.log_dir or trainer.default_root_dir) / "benchmarks"
+    def _write(self, trainer: pl.Trainer, directory: Path, spec: Any, result: BenchmarkResult) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         stem = f"{result.name}-epoch{trainer.current_epoch}-step{trainer.global_step}"
         with open(directory / f"{stem}.jsonl", "w") as f:

@@ -22,6 +22,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "fit", "--config", str(ROOT / "configs" / "demo.yaml"),
         "--data.init_args.train_samples=64", "--data.init_args.eval_questions=24", f"--data.init_args.cache_dir={tmp}",
         "--data.init_args.batch_size=8", "--data.init_args.num_workers=0", "--trainer.max_epochs=1",
+        "--trainer.devices=1", "--trainer.strategy=auto",  # in this process (the demo's own two would relaunch it)
         "--trainer.max_steps=3", f"--trainer.default_root_dir={tmp}",
         "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp}",
         "--model.decoder.init_args.n_layer=1", "--model.decoder.init_args.d_model=32",

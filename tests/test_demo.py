@@ -7,6 +7,7 @@ hundred steps; the full demo asks all five categories and trains for longer (see
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -28,6 +29,8 @@ def test_shortened_demo_learns(tmp_path: Path) -> None:
         "--data.init_args.train_samples=8000", "--data.init_args.eval_questions=200",
         "--data.init_args.question_kinds=[count_all]", f"--data.init_args.cache_dir={tmp_path / 'cache'}",
         "--data.init_args.num_workers=0", "--data.init_args.batch_size=32",
+        # in this process: the demo's two data-parallel processes would relaunch the test runner (see below)
+        "--trainer.devices=1", "--trainer.strategy=auto",
         "--trainer.max_epochs=1", "--trainer.max_steps=250",
         f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
         f"--trainer.logger.save_dir={tmp_path}", "--model.lr=3e-3",
@@ -47,3 +50,25 @@ def test_shortened_demo_learns(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1].strip() in {"1", "2", "3", "4"}, result.stdout
+
+
+@pytest.mark.slow
+def test_demo_runs_on_two_processes(tmp_path: Path) -> None:
+    """The demo as configured, on its two data-parallel CPU processes (gloo), shortened: the warm-up on rank 0, the
+    epoch-end benchmark on both ranks, the checkpoint, and both processes exit."""
+    args = [
+        sys.executable, "-m", "vl_mamba", "fit", "--config", str(ROOT / "configs" / "demo.yaml"),
+        "--data.init_args.train_samples=1000", "--data.init_args.eval_questions=40",
+        "--data.init_args.question_kinds=[count_all]", f"--data.init_args.cache_dir={tmp_path / 'cache'}",
+        "--trainer.max_epochs=1", "--trainer.max_steps=30", f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "perception warm-up" in result.stderr
+    scores = json.loads(next(tmp_path.rglob("shapes-epoch0-step*-scores.json")).read_text())
+    assert 0.0 <= scores["accuracy"] <= 1.0, scores
+    answers = next(tmp_path.rglob("shapes-epoch0-step*.jsonl")).read_text().splitlines()
+    assert len(answers) == 40  # both ranks' shares of the questions, gathered
+    assert next(tmp_path.rglob("last.ckpt")).stat().st_size > 0

@@ -198,3 +198,26 @@ def test_conv_encoder_keeps_colour_without_norm():
     assert any(isinstance(m, torch.nn.GroupNorm) for m in ConvEncoder(32, (16, 32), norm="group").modules())
     with pytest.raises(ValueError, match="unknown norm"):
         ConvEncoder(32, (16, 32), norm="batch")
+
+
+def test_conv_encoder_sincos_position_codes():
+    """``position="sincos"``: fixed codes (a buffer, not a parameter, not in the state dict) that tell every cell
+    apart, with one channel that rises along the columns and one along the rows; width must divide by 4."""
+    from vl_mamba.encoders.conv import grid_sincos
+
+    codes = grid_sincos(4, 16)
+    assert codes.shape == (16, 16)
+    assert len({tuple(row.tolist()) for row in codes}) == 16
+    grid = codes.reshape(4, 4, 16)
+    assert (grid[:, 1:, 8] > grid[:, :-1, 8]).all() and (grid[1:, :, 0] > grid[:-1, :, 0]).all()
+    encoder = ConvEncoder(32, (16, 32), position="sincos")
+    assert "position" not in encoder.state_dict() and "position" not in dict(encoder.named_parameters())
+    image = torch.rand(1, 3, 32, 32)
+    features = image
+    for block in encoder.blocks:
+        features = block(features)
+    torch.testing.assert_close(encoder(image), features.flatten(2).transpose(1, 2) + grid_sincos(8, 32))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        grid_sincos(4, 6)
+    with pytest.raises(ValueError, match="unknown position"):
+        ConvEncoder(32, (16, 32), position="rope")

@@ -1,12 +1,17 @@
 """The demo's perception warm-up: patch labels of a scene, the encoder really learns to name objects, and the
-callback runs once per run."""
+callback runs once per run (on rank 0 under DDP, its encoder then shared with every rank)."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from callbacks.perception_warmup import CLASSES, PerceptionWarmup, cell_labels, scene_batch, warm_up_encoder
 from data_modules.synthetic_scenes import Scene, SceneObject
@@ -53,19 +58,45 @@ def test_callback_runs_once_and_not_on_resume() -> None:
     callback = PerceptionWarmup(steps=2, batch_size=4, scenes=8, held_out=4)
     module = _module()
     weights = [p.detach().clone() for p in module.model.encoder.parameters()]
-    callback.on_fit_start(SimpleNamespace(ckpt_path="last.ckpt", world_size=1), module)
+    callback.on_fit_start(SimpleNamespace(ckpt_path="last.ckpt", world_size=1, is_global_zero=True), module)
     assert callback.result is None and not callback.done
     assert all(torch.equal(a, b) for a, b in zip(weights, module.model.encoder.parameters()))
 
-    callback.on_fit_start(SimpleNamespace(ckpt_path=None, world_size=1), module)
+    callback.on_fit_start(SimpleNamespace(ckpt_path=None, world_size=1, is_global_zero=True), module)
     assert callback.done and callback.result is not None and callback.result.steps == 2
     restored = PerceptionWarmup()
     restored.load_state_dict(callback.state_dict())
     assert restored.done
 
 
-def test_callback_refuses_distributed_fits_and_bad_settings() -> None:
-    with pytest.raises(ValueError, match="single-process"):
-        PerceptionWarmup(steps=1).on_fit_start(SimpleNamespace(ckpt_path=None, world_size=2), _module())
+def _rank_main(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)  # a forked child must not reuse the parent's intra-op thread pool
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(rank)  # each rank starts from other weights, as unsynchronised frozen weights would
+    callback = PerceptionWarmup(steps=3, batch_size=4, scenes=8, held_out=4)
+    module = _module()
+    callback.on_fit_start(SimpleNamespace(ckpt_path=None, world_size=2, is_global_zero=rank == 0), module)
+    state = {k: v.tolist() for k, v in module.model.encoder.state_dict().items()}
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump({"done": callback.done, "warmed": callback.result is not None, "state": state}, f)
+    dist.destroy_process_group()
+
+
+def test_callback_on_two_ranks_warms_up_once_and_shares_the_encoder(tmp_path) -> None:
+    """Under DDP rank 0 warms the encoder up and every rank ends with its weights (gloo, two processes)."""
+    if not dist.is_available() or "fork" not in mp.get_all_start_methods():
+        pytest.skip("needs torch.distributed and the fork start method")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_rank_main, args=(port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["done"] for r in ranks] == [True, True]
+    assert [r["warmed"] for r in ranks] == [True, False]
+    assert ranks[0]["state"] == ranks[1]["state"]
+
+
+def test_callback_refuses_bad_settings() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         PerceptionWarmup(steps=0)

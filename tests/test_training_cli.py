@@ -71,6 +71,7 @@ RESUME_SETUPS = {
     "random": [*(x for c in TINY for x in ("--config", c)), "--data.init_args.num_batches=4"],
     # the real WebDataset pipeline (shards, shuffle buffer, skip counting) on a small synthetic dataset
     "webdataset": ["--config", str(CONFIGS / "demo.yaml"), "--trainer.callbacks=null",
+                   "--trainer.devices=1", "--trainer.strategy=auto",
                    "--model.decoder.init_args.n_layer=1", "--model.decoder.init_args.d_model=32",
                    "--data.init_args.train_samples=32", "--data.init_args.eval_questions=6",
                    "--data.init_args.batch_size=8", "--data.init_args.num_workers=0",

@@ -1,8 +1,8 @@
 """``ConvEncoder``: a small convolutional encoder trained from scratch, for the built-in demo and tests.
 
-A stack of stride-2 3x3 convolutions turns an image into a grid of patch features, with a learned position
-embedding per grid cell; it offers the same interface as the pretrained ViT encoders, so the rest of the model
-does not know the difference.
+A stack of stride-2 3x3 convolutions turns an image into a grid of patch features, plus a position code per grid
+cell (a learned embedding, or fixed sines and cosines of the row and column); it offers the same interface as the
+pretrained ViT encoders, so the rest of the model does not know the difference.
 """
 
 from __future__ import annotations
@@ -15,6 +15,22 @@ from torch import Tensor, nn
 from vl_mamba.encoders.base import VisionEncoder
 
 NORMS = ("none", "group")
+POSITIONS = ("learned", "sincos")
+
+
+def grid_sincos(side: int, width: int) -> Tensor:
+    """Fixed 2D position codes (side * side, width), row-major: half of the channels code the row and half the
+    column, as sines and cosines of ``pi * (k + 1) / 2 * p`` for the cell's centre ``p`` in (0, 1) and
+    ``k = 0 .. width / 4 - 1``. The lowest frequency rises over the whole grid, so "left of" is a comparison of
+    one channel; the higher ones tell neighbouring cells apart."""
+    if width % 4:
+        raise ValueError(f"sincos position codes need a width divisible by 4, got {width}")
+    centres = (torch.arange(side, dtype=torch.float64) + 0.5) / side
+    angles = centres[:, None] * (torch.arange(width // 4, dtype=torch.float64) + 1) * torch.pi / 2
+    axis = torch.cat([angles.sin(), angles.cos()], dim=1)  # (side, width / 2)
+    rows = axis[:, None, :].expand(side, side, -1)
+    cols = axis[None, :, :].expand(side, side, -1)
+    return torch.cat([rows, cols], dim=-1).reshape(side * side, width).float()
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -57,10 +73,18 @@ class ConvEncoder(VisionEncoder):
         channels: output channels of each stride-2 block; the last is the feature width.
         frozen: start with frozen weights (a from-scratch encoder usually trains: stage ``full``).
         norm: normalisation after each convolution, ``"none"`` or ``"group"`` (see ``ConvBlock``).
+        position: the position code added to each patch, ``"learned"`` (an embedding per cell) or ``"sincos"``
+            (fixed, ``grid_sincos``); the fixed codes keep the grid position in the features of an encoder that
+            is trained on a task that does not need it and then frozen.
     """
 
     def __init__(
-        self, img_size: int = 64, channels: tuple[int, ...] = (32, 64, 128), frozen: bool = False, norm: str = "none"
+        self,
+        img_size: int = 64,
+        channels: tuple[int, ...] = (32, 64, 128),
+        frozen: bool = False,
+        norm: str = "none",
+        position: str = "learned",
     ) -> None:
         super().__init__()
         if img_size % 2 ** len(channels):
@@ -71,8 +95,13 @@ class ConvEncoder(VisionEncoder):
         self.grid = (side, side)
         self.embed_dim = channels[-1]
         self.img_size = img_size
-        self.position = nn.Parameter(torch.zeros(1, side * side, self.embed_dim))
-        nn.init.normal_(self.position, std=0.02)
+        if position == "learned":
+            self.position = nn.Parameter(torch.zeros(1, side * side, self.embed_dim))
+            nn.init.normal_(self.position, std=0.02)
+        elif position == "sincos":
+            self.register_buffer("position", grid_sincos(side, self.embed_dim)[None], persistent=False)
+        else:
+            raise ValueError(f"unknown position {position!r}; choose from {POSITIONS}")
         self.requires_grad_(not frozen)
 
     @property
