@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 
-from vl_mamba.utils.cache import cache_root
+from vl_mamba.utils.cache import cached_build, tool_version
 
 SOURCE = Path(__file__).with_name("cpu_scan.c")
 ENV_SWITCH = "VL_MAMBA_CPU_KERNEL"
@@ -91,28 +89,9 @@ def library() -> ctypes.CDLL | None:
 def _build(compiler: str, flags: tuple[str, ...], libs: tuple[str, ...]) -> Path:
     """The library for these flags, compiled unless the cache already holds it."""
     command = [compiler, *_COMMON_FLAGS, *flags]
-    key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), _compiler_version(compiler).encode(), " ".join(command + list(libs)).encode(),
-                 _processor_features().encode(), platform.machine().encode()):
-        key.update(part)
-        key.update(b"\0")
-    out_dir = cache_root() / "kernels"
-    target = out_dir / f"cpu_scan-{key.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".cpu_scan-", suffix=".so", dir=out_dir)
-    os.close(fd)
-    try:
-        subprocess.run([*command, "-o", tmp, str(SOURCE), *libs], check=True, capture_output=True, text=True,
-                       timeout=300)
-        os.replace(tmp, target)
-    except subprocess.CalledProcessError as err:
-        raise subprocess.SubprocessError(err.stderr or str(err)) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    key = [SOURCE.read_bytes(), tool_version(compiler), " ".join(command + list(libs)), _processor_features(),
+           platform.machine()]
+    return cached_build("cpu_scan", key, lambda out: [*command, "-o", out, str(SOURCE), *libs], timeout=300)
 
 
 def _load(path: Path) -> ctypes.CDLL:
@@ -123,13 +102,6 @@ def _load(path: Path) -> ctypes.CDLL:
         fn.restype = ctypes.c_int
     lib.vl_scan_lanes.restype = ctypes.c_int
     return lib
-
-
-def _compiler_version(compiler: str) -> str:
-    try:
-        return subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 def _processor_features() -> str:

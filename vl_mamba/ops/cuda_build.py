@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
-from vl_mamba.utils.cache import cache_root
+from vl_mamba.utils.cache import cached_build, tool_version
 
 SOURCE = Path(__file__).with_name("cuda_scan.cu")
 ENV_SWITCH = "VL_MAMBA_CUDA_SCAN"
@@ -95,26 +93,8 @@ def library() -> ctypes.CDLL | None:
 
 def _build(nvcc: str, arch: str) -> Path:
     command = [nvcc, *_FLAGS, f"-arch={arch}"]
-    key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), _nvcc_version(nvcc).encode(), " ".join(command).encode()):
-        key.update(part)
-        key.update(b"\0")
-    out_dir = cache_root() / "kernels"
-    target = out_dir / f"cuda_scan-{arch}-{key.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".cuda_scan-", suffix=".so", dir=out_dir)
-    os.close(fd)
-    try:
-        subprocess.run([*command, "-o", tmp, str(SOURCE)], check=True, capture_output=True, text=True, timeout=600)
-        os.replace(tmp, target)
-    except subprocess.CalledProcessError as err:
-        raise subprocess.SubprocessError(err.stderr or str(err)) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    key = [SOURCE.read_bytes(), tool_version(nvcc), " ".join(command)]
+    return cached_build(f"cuda_scan-{arch}", key, lambda out: [*command, "-o", out, str(SOURCE)])
 
 
 def _load(path: Path) -> ctypes.CDLL:
@@ -122,10 +102,3 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.vl_cuda_scan.argtypes = [ctypes.POINTER(CudaScanArgs), ctypes.c_int, ctypes.c_void_p]
     lib.vl_cuda_scan.restype = ctypes.c_int
     return lib
-
-
-def _nvcc_version(nvcc: str) -> str:
-    try:
-        return subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
