@@ -7,6 +7,7 @@ import functools
 import importlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -154,3 +155,17 @@ def run_triton_interpreted(statements: str, result: str) -> object:
     done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    """A TCP port that is free on this machine now, for a test's process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_gloo_group(rank: int, world_size: int, port: int) -> None:
+    """In a forked test process: one torch thread, then join a gloo process group on ``port``."""
+    torch.set_num_threads(1)  # a forked child must not reuse the parent's intra-op thread pool
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)

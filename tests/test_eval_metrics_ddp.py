@@ -4,13 +4,13 @@ acc+ pairs and circular groups split between ranks."""
 
 import json
 import os
-import socket
 from collections.abc import Callable
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _helpers import free_port, join_gloo_group
 
 from vl_mamba.eval.metrics import (
     ExactMatchAccuracy,
@@ -93,16 +93,8 @@ def test_merge_state_equals_one_pass(name):
     assert _as_floats(first.compute()) == pytest.approx(_one_pass(name))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)  # a forked child must not reuse the parent's intra-op thread pool
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    join_gloo_group(rank, world_size, port)
     results = {}
     for name, (factory, batches) in CASES.items():
         # rank 0 takes batch 0, rank 1 the rest: uneven shards, groups split across ranks
@@ -126,7 +118,7 @@ def test_ddp_gloo_two_ranks_equal_one_pass(tmp_path):
     if not dist.is_available() or "fork" not in mp.get_all_start_methods():
         pytest.skip("needs torch.distributed and the fork start method")
     # fork: the children inherit the imported modules instead of importing torch again
-    mp.start_processes(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_rank_main, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     for rank in range(2):
         results = json.loads((tmp_path / f"rank{rank}.json").read_text())
         for name in CASES:

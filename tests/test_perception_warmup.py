@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _helpers import free_port, join_gloo_group
 
 from callbacks.perception_warmup import CLASSES, PerceptionWarmup, cell_labels, scene_batch, warm_up_encoder
 from data_modules.synthetic_scenes import Scene, SceneObject
@@ -70,9 +70,7 @@ def test_callback_runs_once_and_not_on_resume() -> None:
 
 
 def _rank_main(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)  # a forked child must not reuse the parent's intra-op thread pool
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    join_gloo_group(rank, 2, port)
     torch.manual_seed(rank)  # each rank starts from other weights, as unsynchronised frozen weights would
     callback = PerceptionWarmup(steps=3, batch_size=4, scenes=8, held_out=4)
     module = _module()
@@ -87,10 +85,7 @@ def test_callback_on_two_ranks_warms_up_once_and_shares_the_encoder(tmp_path) ->
     """Under DDP rank 0 warms the encoder up and every rank ends with its weights (gloo, two processes)."""
     if not dist.is_available() or "fork" not in mp.get_all_start_methods():
         pytest.skip("needs torch.distributed and the fork start method")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_rank_main, args=(port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_rank_main, args=(free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["done"] for r in ranks] == [True, True]
     assert [r["warmed"] for r in ranks] == [True, False]

@@ -31,7 +31,7 @@ SOURCE = Path(__file__).with_name("cuda_scan.cu")
 ENV_SWITCH = "VL_MAMBA_CUDA_SCAN"
 _FLAGS = ("-O3", "--use_fast_math", "-std=c++17", "-shared", "-Xcompiler", "-fPIC")
 LANES = 16
-CHUNK = 64
+TILE = 64
 CHANNELS = 32
 """The kernel's state lanes per channel (the most states it takes), steps per tile and saved state, and channels
 per block (``cuda_scan.cu``)."""

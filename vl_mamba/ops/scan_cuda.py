@@ -103,7 +103,7 @@ def _args(u, delta, A, B, C, D, z, delta_bias, softplus: bool) -> cuda_build.Cud
     # The rows of the output and its gradient are length apart; B and C are read two steps at a time.
     vec = length % 4 == 0 and all(_aligned(t, 4) for t in (u, delta, z)) and _aligned(B, 2) and _aligned(C, 2)
     args = cuda_build.CudaScanArgs(
-        batch=batch, dim=dim, length=length, nstate=A.shape[1], nchunks=-(-length // cuda_build.CHUNK),
+        batch=batch, dim=dim, length=length, nstate=A.shape[1], nchunks=-(-length // cuda_build.TILE),
         softplus=int(softplus), in_dtype=cuda_build.DTYPES[u.dtype], w_dtype=cuda_build.DTYPES[B.dtype],
         vec=int(vec),
         u=_ptr(u), delta=_ptr(delta), A=_ptr(A), B=_ptr(B), C=_ptr(C), D=_ptr(D), z=_ptr(z),
@@ -149,11 +149,12 @@ class _CudaScan(torch.autograd.Function):
         u, delta, A, B, C, D, z, bias, ckpt = ctx.saved_tensors
         softplus, shape_B, shape_C, dt_delta, dt_A, dt_B, dt_C, dt_D, dt_z, dt_bias = ctx.meta
         batch, dim, length = u.shape
-        dout = torch.zeros_like(u) if grad_out is None else grad_out.to(u.dtype).contiguous()
+        # dout and the gradients of u, delta and z are read and written as contiguous (batch, dim, L) rows.
+        rows = dict(device=u.device, dtype=u.dtype)
+        dout = torch.zeros(batch, dim, length, **rows) if grad_out is None else grad_out.to(u.dtype).contiguous()
         dlast = None if grad_last is None else grad_last.float().contiguous()
-        du, ddelta = torch.empty_like(u, memory_format=torch.contiguous_format), torch.empty_like(
-            u, memory_format=torch.contiguous_format)
-        dz = None if z is None else torch.empty_like(u, memory_format=torch.contiguous_format)
+        du, ddelta = torch.empty(batch, dim, length, **rows), torch.empty(batch, dim, length, **rows)
+        dz = None if z is None else torch.empty(batch, dim, length, **rows)
         dA = torch.zeros_like(A)
         dD = None if D is None else torch.zeros_like(D)
         dbias = None if bias is None else torch.zeros_like(bias)
