@@ -1,9 +1,11 @@
 """The parts of this package's CUDA scan that run without a GPU: the switch, the operand checks, the alignment rule
-of its vector loads, and the fallback of ``selective_scan_fn`` where the kernel cannot run."""
+of its vector loads, the fallbacks of ``selective_scan_fn`` and ``mamba_inner_fn`` where the kernel cannot run, and
+``mamba_inner_cuda``'s plumbing around a reference scan with the kernel's contract."""
 
 from __future__ import annotations
 
 import torch
+from _helpers import rel_err
 
 from vl_mamba.ops import cuda_build
 from vl_mamba.ops.scan_cuda import _aligned, supports
@@ -38,3 +40,66 @@ def test_fallback_where_the_kernel_cannot_run(monkeypatch) -> None:
     u, delta = torch.randn(2, 4, 10, generator=g), torch.randn(2, 4, 10, generator=g)
     A, B, C = -torch.rand(4, 3, generator=g), torch.randn(2, 3, 10, generator=g), torch.randn(2, 3, 10, generator=g)
     torch.testing.assert_close(selective_scan_fn(u, delta, A, B, C), selective_scan_ref(u, delta, A, B, C))
+
+
+def test_layer_body_falls_back_on_the_cpu(monkeypatch) -> None:
+    """Asked for on CPU tensors, the layer body keeps to ``mamba_inner_ref``."""
+    from vl_mamba.ops.mamba_inner import mamba_inner_fn, mamba_inner_ref
+
+    monkeypatch.setenv("VL_MAMBA_CUDA_SCAN", "1")
+    g = torch.Generator().manual_seed(0)
+    d, n, rank, length = 8, 4, 2, 12
+    shapes = [(2, 2 * d, length), (d, 1, 4), (d,), (rank + 2 * n, d), (d, rank), (6, d)]
+    args = [torch.randn(*shape, generator=g) for shape in shapes]
+    args += [None, -torch.rand(d, n, generator=g), torch.randn(d, generator=g), torch.randn(d, generator=g)]
+    torch.testing.assert_close(mamba_inner_fn(*args), mamba_inner_ref(*args))
+
+
+def _scan_forward_ref(ops, softplus, keep, out=None):
+    """``scan_cuda.scan_forward``'s contract, by ``selective_scan_ref`` (no saved states)."""
+    y, last = selective_scan_ref(*ops, delta_softplus=softplus, return_last_state=True)
+    out = y.clone() if out is None else out.copy_(y)
+    return out, last, torch.empty(0)
+
+
+def _scan_backward_ref(ops, ckpt, softplus, dout, dlast, dz=None, out_z=None):
+    """``scan_cuda.scan_backward``'s contract, by autograd through ``selective_scan_ref``."""
+    leaves = [None if t is None else t.detach().requires_grad_(True) for t in ops]
+    with torch.enable_grad():
+        y, last = selective_scan_ref(*leaves, delta_softplus=softplus, return_last_state=True)
+        loss = (y * dout).sum() + (0 if dlast is None else (last * dlast).sum())
+        grads = iter(torch.autograd.grad(loss, [t for t in leaves if t is not None]))
+    du, ddelta, dA, dB, dC, dD, dz_, dbias = (None if t is None else next(grads) for t in leaves)
+    if dz is not None:
+        dz.copy_(dz_)
+    if out_z is not None:
+        out_z.copy_(y)
+    return du, ddelta, dA, dB, dC, dD, dz if dz is not None else dz_, dbias
+
+
+def test_layer_body_plumbing_on_the_cpu(monkeypatch) -> None:
+    """``mamba_inner_cuda`` around a reference scan with the kernel's contract, in float64 on the CPU: its layouts
+    (channel-major y, dy and in_proj's gradient), out_proj's weight gradient from the scan's second y and the
+    recomputed conv and projections give ``mamba_inner_ref``'s output and every gradient."""
+    from vl_mamba.ops import mamba_inner_cuda as module
+    from vl_mamba.ops.mamba_inner import mamba_inner_ref
+
+    monkeypatch.setattr(module, "scan_forward", _scan_forward_ref)
+    monkeypatch.setattr(module, "scan_backward", _scan_backward_ref)
+    g = torch.Generator().manual_seed(0)
+    batch, d, n, rank, length, d_model = 2, 8, 4, 2, 13, 6
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).requires_grad_(True)
+
+    xz = (torch.randn(2 * d, batch, length, generator=g, dtype=torch.float64).transpose(0, 1)).requires_grad_(True)
+    args = [xz, rand(d, 1, 4, scale=0.5), rand(d, scale=0.1), rand(rank + 2 * n, d, scale=0.3), rand(d, rank),
+            rand(d_model, d, scale=0.3), rand(d_model), (-torch.rand(d, n, generator=g, dtype=torch.float64) - 0.1)
+            .requires_grad_(True), rand(d), rand(d, scale=0.1)]
+    grad = torch.randn(batch, length, d_model, generator=g, dtype=torch.float64)
+    results = []
+    for fn in (module.mamba_inner_cuda, mamba_inner_ref):
+        out = fn(*args)
+        results.append([out, *torch.autograd.grad(out, args, grad)])
+    for got, ref in zip(*results, strict=True):  # the kernel's contract rounds A, D and delta's bias to float32
+        assert rel_err(got, ref) < 1e-6

@@ -7,9 +7,9 @@ ranks starting together never load a half-written file. It needs no PyTorch head
 and torch's stream through ctypes, so a build takes seconds.
 
 The kernel is used only where ``VL_MAMBA_CUDA_SCAN=1`` asks for it (``selective_scan_cuda`` itself runs it
-whenever called). Its backward is faster than mamba_ssm's and its forward slower, and it runs one block per
-(sequence, 32 channels) along the whole length, so that a few long sequences leave an H100 partly idle (see
-BENCHMARKS.md, "GPU: this package's CUDA scan"). Without nvcc, or where the build fails, ``library()`` returns None
+whenever called). It runs one block per (sequence, 32 channels) along
+the whole length, so that a few long sequences leave an H100 partly idle (see BENCHMARKS.md, "GPU: this package's
+CUDA scan"). Without nvcc, or where the build fails, ``library()`` returns None
 with a warning and ``selective_scan_fn`` keeps to mamba_ssm's kernel or the Triton scan.
 """
 
@@ -30,11 +30,11 @@ from vl_mamba.utils.cache import cached_build, tool_version
 SOURCE = Path(__file__).with_name("cuda_scan.cu")
 ENV_SWITCH = "VL_MAMBA_CUDA_SCAN"
 _FLAGS = ("-O3", "--use_fast_math", "-std=c++17", "-shared", "-Xcompiler", "-fPIC")
-LANES = 16
-TILE = 64
+STATES = 16
+TILE = 32
 CHANNELS = 32
-"""The kernel's state lanes per channel (the most states it takes), steps per tile and saved state, and channels
-per block (``cuda_scan.cu``)."""
+"""The most states the kernel takes (the state axis of its saved states and of its partial dB and dC), its steps per
+tile and per saved state, and its channels per block (``cuda_scan.cu``)."""
 DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
@@ -48,6 +48,8 @@ class CudaScanArgs(ctypes.Structure):
         *((name, ctypes.c_int64 * 2) for name in ("su", "sdelta", "sB", "sC", "sz")),
         *((name, ctypes.c_void_p) for name in ("out", "last", "ckpt", "dout", "dlast", "du", "ddelta", "dz")),
         *((name, ctypes.c_void_p) for name in ("dA", "dD", "dbias", "dBC")),
+        *((name, ctypes.c_int64 * 2) for name in ("sout", "sdout", "sdz")),
+        ("out_z", ctypes.c_void_p),
     ]
 
 

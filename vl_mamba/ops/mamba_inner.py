@@ -2,7 +2,8 @@
 
 ``mamba_inner_fn`` uses mamba_ssm's fused implementation (which recomputes the convolution in the backward
 instead of storing it) for CUDA tensors when both mamba_ssm and causal-conv1d are installed, and
-``mamba_inner_ref``, built from this package's own ops, otherwise.
+``mamba_inner_ref``, built from this package's own ops, otherwise. Where ``VL_MAMBA_CUDA_SCAN=1`` asks for this
+package's own CUDA scan, ``mamba_inner_cuda`` (the same plan around that scan) comes first.
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ def mamba_inner_fn(
         (batch, L, d_model).
     """
     if xz.is_cuda and xz.dtype != torch.float64:
+        if _own_inner_ok(xz, A):
+            from vl_mamba.ops.mamba_inner_cuda import mamba_inner_cuda
+
+            return mamba_inner_cuda(
+                xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias,
+                A, D, delta_bias,
+            )
         kernel = _cuda_inner()
         if kernel is not None:
             # The bias is added outside: mamba_ssm 2.3's fused backward returns an empty gradient for it.
@@ -71,6 +79,20 @@ def mamba_inner_fn(
         xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias, A, D,
         delta_bias,
     )
+
+
+def _own_inner_ok(xz: Tensor, A: Tensor) -> bool:
+    """``VL_MAMBA_CUDA_SCAN=1`` asks for this package's CUDA scan, which takes these operands and builds here."""
+    from vl_mamba.ops import cuda_build
+
+    if not cuda_build.enabled():
+        return False
+    from vl_mamba.ops.scan_cuda import kernel_available
+
+    # The scan's operands take xz's dtype, or autocast's where it is on.
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else xz.dtype
+    return (dtype in cuda_build.DTYPES and not A.is_complex() and A.shape[1] <= cuda_build.STATES
+            and kernel_available())
 
 
 def mamba_inner_ref(

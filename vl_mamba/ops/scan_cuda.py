@@ -2,7 +2,7 @@
 
 Same signature and results as ``selective_scan_ref`` (mamba_ssm's ``selective_scan_fn``), for up to 16 states
 and one group of B and C. Bias, softplus, D and the gate are done in the kernel, as are every gradient of them; the
-forward keeps the state every 64 steps (float32, half an input's size in bfloat16 at 16 states) and the backward
+forward keeps the state every 32 steps (float32, as large as a bfloat16 input at 16 states) and the backward
 replays from it. Gradients also flow back from the last state. A backward with ``create_graph=True`` is refused
 (the kernel's backward is not itself differentiable).
 """
@@ -18,7 +18,9 @@ from torch.autograd.function import once_differentiable
 from vl_mamba.ops import cuda_build
 from vl_mamba.ops.selective_scan import _check_shapes
 
-__all__ = ["kernel_available", "selective_scan_cuda", "supports"]
+__all__ = [
+    "kernel_available", "scan_backward", "scan_forward", "scan_operands", "selective_scan_cuda", "supports",
+]
 
 
 def kernel_available() -> bool:
@@ -34,7 +36,7 @@ def supports(u: Tensor, A: Tensor, B: Tensor) -> bool:
         and u.dtype in cuda_build.DTYPES
         and B.dtype in cuda_build.DTYPES
         and not A.is_complex()
-        and A.shape[1] <= cuda_build.LANES
+        and A.shape[1] <= cuda_build.STATES
         and (B.dim() == 3 or B.shape[1] == 1)
     )
 
@@ -100,8 +102,8 @@ def _aligned(t: Tensor | None, steps: int) -> bool:
 
 def _args(u, delta, A, B, C, D, z, delta_bias, softplus: bool) -> cuda_build.CudaScanArgs:
     batch, dim, length = u.shape
-    # The rows of the output and its gradient are length apart; B and C are read two steps at a time.
-    vec = length % 4 == 0 and all(_aligned(t, 4) for t in (u, delta, z)) and _aligned(B, 2) and _aligned(C, 2)
+    # B and C are read four steps at a time, the rest eight.
+    vec = length % 8 == 0 and all(_aligned(t, 8) for t in (u, delta, z)) and _aligned(B, 4) and _aligned(C, 4)
     args = cuda_build.CudaScanArgs(
         batch=batch, dim=dim, length=length, nstate=A.shape[1], nchunks=-(-length // cuda_build.TILE),
         softplus=int(softplus), in_dtype=cuda_build.DTYPES[u.dtype], w_dtype=cuda_build.DTYPES[B.dtype],
@@ -115,29 +117,91 @@ def _args(u, delta, A, B, C, D, z, delta_bias, softplus: bool) -> cuda_build.Cud
     return args
 
 
+def _rows(out: Tensor | None, like: Tensor, name: str) -> Tensor:
+    """``out`` checked as a (batch, dim, L) destination with unit stride along L, or a new contiguous one."""
+    if out is None:
+        return torch.empty(like.shape, device=like.device, dtype=like.dtype)
+    if out.shape != like.shape or out.dtype != like.dtype or out.device != like.device or out.stride(-1) != 1:
+        raise ValueError(f"{name} must be {tuple(like.shape)} {like.dtype} on {like.device} with unit stride along "
+                         f"L, got {tuple(out.shape)} {out.dtype} strides {out.stride()}")
+    return out
+
+
+def scan_operands(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> tuple:
+    """The operands as the kernel reads them: time steps at unit stride, delta and z in u's dtype, C in B's,
+    B and C as (batch, N, L), A, D and the bias float32; copied only where needed."""
+    batch, dim, length = u.shape
+    B_ = _time_major(B.reshape(batch, -1, length))
+    return (_time_major(u), _time_major(delta, u.dtype), _f32(A), B_,
+            _time_major(C.reshape(batch, -1, length), B_.dtype), _f32(D), _time_major(z, u.dtype), _f32(delta_bias))
+
+
+def scan_forward(ops: tuple, softplus: bool, keep: bool, out: Tensor | None = None):
+    """The kernel's forward on ``scan_operands``: (out, last state, saved states for ``scan_backward`` or None).
+
+    ``out`` (optional) is where y goes: (batch, dim, L), u's dtype, any strides with L's unit.
+    """
+    u, A = ops[0], ops[2]
+    batch, dim, length = u.shape
+    out = _rows(out, u, "out")
+    last = torch.empty(batch, dim, A.shape[1], device=u.device, dtype=torch.float32)
+    args = _args(*ops, softplus)
+    ckpt = None
+    if keep:
+        ckpt = torch.empty(batch, dim, args.nchunks, cuda_build.STATES, device=u.device, dtype=torch.float32)
+    args.out, args.last, args.ckpt = _ptr(out), _ptr(last), _ptr(ckpt)
+    args.sout[:] = out.stride()[:2]
+    _launch(args, False, u.device)
+    return out, last, ckpt
+
+
+def scan_backward(ops: tuple, ckpt: Tensor, softplus: bool, dout: Tensor | None, dlast: Tensor | None,
+                  dz: Tensor | None = None, out_z: Tensor | None = None) -> tuple:
+    """The kernel's backward: (du, ddelta, dA, dB, dC, dD, dz, dbias), dB and dC float32 (batch, N, L), dA, dD
+    and dbias float32, the rest in u's dtype.
+
+    ``dout``, the gradient of y, may have any strides with L's unit. ``dz`` (optional) is where z's gradient goes;
+    ``out_z`` (optional) receives y again, as the forward gave it (for out_proj's weight gradient without keeping
+    y). Both: (batch, dim, L) in u's dtype, any strides with L's unit.
+    """
+    u, delta, A, B, C, D, z, bias = ops
+    batch, dim, length = u.shape
+    rows = dict(device=u.device, dtype=u.dtype)
+    if dout is None:
+        dout = torch.zeros(batch, dim, length, **rows)
+    elif dout.dtype != u.dtype or dout.stride(-1) != 1:
+        dout = dout.to(u.dtype).contiguous()
+    dlast = None if dlast is None else dlast.float().contiguous()
+    du, ddelta = torch.empty(batch, dim, length, **rows), torch.empty(batch, dim, length, **rows)
+    dz = None if z is None else _rows(dz, u, "dz")
+    out_z = None if out_z is None else _rows(out_z, u, "out_z")
+    dA = torch.zeros_like(A)
+    dD = None if D is None else torch.zeros_like(D)
+    dbias = None if bias is None else torch.zeros_like(bias)
+    blocks = -(-dim // cuda_build.CHANNELS)
+    dBC = torch.empty(batch, blocks, 2, cuda_build.STATES, length, device=u.device, dtype=torch.float32)
+    args = _args(*ops, softplus)
+    args.ckpt, args.dout, args.dlast = _ptr(ckpt), _ptr(dout), _ptr(dlast)
+    args.vec = int(args.vec and _aligned(dout, 8))
+    args.du, args.ddelta, args.dz, args.out_z = _ptr(du), _ptr(ddelta), _ptr(dz), _ptr(out_z)
+    args.dA, args.dD, args.dbias, args.dBC = _ptr(dA), _ptr(dD), _ptr(dbias), _ptr(dBC)
+    args.sdout[:] = dout.stride()[:2]
+    args.sdz[:] = (0, 0) if dz is None else dz.stride()[:2]
+    args.sout[:] = (0, 0) if out_z is None else out_z.stride()[:2]
+    _launch(args, True, u.device)
+    sums = dBC[:, :, :, : A.shape[1]].sum(1)  # (batch, 2, n, L)
+    return du, ddelta, dA, sums[:, 0], sums[:, 1], dD, dz, dbias
+
+
 class _CudaScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus):
-        batch, dim, length = u.shape
-        shape_B, shape_C = B.shape, C.shape
-        u_ = _time_major(u)
-        delta_ = _time_major(delta, u.dtype)
-        z_ = _time_major(z, u.dtype)
-        B_ = _time_major(B.reshape(batch, -1, length))
-        C_ = _time_major(C.reshape(batch, -1, length), B_.dtype)
-        A_, D_, bias_ = _f32(A), _f32(D), _f32(delta_bias)
+        ops = scan_operands(u, delta, A, B, C, D, z, delta_bias)
         keep = any(ctx.needs_input_grad[:8])
-        out = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
-        last = torch.empty(batch, dim, A.shape[1], device=u.device, dtype=torch.float32)
-        args = _args(u_, delta_, A_, B_, C_, D_, z_, bias_, softplus)
-        ckpt = None
+        out, last, ckpt = scan_forward(ops, softplus, keep)
         if keep:
-            ckpt = torch.empty(batch, dim, args.nchunks, cuda_build.LANES, device=u.device, dtype=torch.float32)
-        args.out, args.last, args.ckpt = _ptr(out), _ptr(last), _ptr(ckpt)
-        _launch(args, False, u.device)
-        if keep:
-            ctx.save_for_backward(u_, delta_, A_, B_, C_, D_, z_, bias_, ckpt)
-            ctx.meta = (softplus, shape_B, shape_C, delta.dtype, A.dtype, B.dtype, C.dtype,
+            ctx.save_for_backward(*ops, ckpt)
+            ctx.meta = (softplus, B.shape, C.shape, delta.dtype, A.dtype, B.dtype, C.dtype,
                         None if D is None else D.dtype, None if z is None else z.dtype,
                         None if delta_bias is None else delta_bias.dtype)
         ctx.set_materialize_grads(False)
@@ -146,32 +210,11 @@ class _CudaScan(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_last):
-        u, delta, A, B, C, D, z, bias, ckpt = ctx.saved_tensors
+        *ops, ckpt = ctx.saved_tensors
         softplus, shape_B, shape_C, dt_delta, dt_A, dt_B, dt_C, dt_D, dt_z, dt_bias = ctx.meta
-        batch, dim, length = u.shape
-        # dout and the gradients of u, delta and z are read and written as contiguous (batch, dim, L) rows.
-        rows = dict(device=u.device, dtype=u.dtype)
-        dout = torch.zeros(batch, dim, length, **rows) if grad_out is None else grad_out.to(u.dtype).contiguous()
-        dlast = None if grad_last is None else grad_last.float().contiguous()
-        du, ddelta = torch.empty(batch, dim, length, **rows), torch.empty(batch, dim, length, **rows)
-        dz = None if z is None else torch.empty(batch, dim, length, **rows)
-        dA = torch.zeros_like(A)
-        dD = None if D is None else torch.zeros_like(D)
-        dbias = None if bias is None else torch.zeros_like(bias)
-        blocks = -(-dim // cuda_build.CHANNELS)
-        dBC = torch.empty(batch, blocks, 2, cuda_build.LANES, length, device=u.device, dtype=torch.float32)
-        args = _args(u, delta, A, B, C, D, z, bias, softplus)
-        args.ckpt, args.dout, args.dlast = _ptr(ckpt), _ptr(dout), _ptr(dlast)
-        args.vec = int(args.vec and _aligned(dout, 4))
-        args.du, args.ddelta, args.dz = _ptr(du), _ptr(ddelta), _ptr(dz)
-        args.dA, args.dD, args.dbias, args.dBC = _ptr(dA), _ptr(dD), _ptr(dbias), _ptr(dBC)
-        _launch(args, True, u.device)
-        n = A.shape[1]
-        sums = dBC[:, :, :, :n].sum(1)  # (batch, 2, n, L)
-        dB = sums[:, 0].reshape(shape_B).to(dt_B)
-        dC = sums[:, 1].reshape(shape_C).to(dt_C)
+        du, ddelta, dA, dB, dC, dD, dz, dbias = scan_backward(tuple(ops), ckpt, softplus, grad_out, grad_last)
         return (
-            du, ddelta.to(dt_delta), dA.to(dt_A), dB, dC,
+            du, ddelta.to(dt_delta), dA.to(dt_A), dB.reshape(shape_B).to(dt_B), dC.reshape(shape_C).to(dt_C),
             None if dD is None else dD.to(dt_D),
             None if dz is None else dz.to(dt_z),
             None if dbias is None else dbias.to(dt_bias),

@@ -1,0 +1,102 @@
+"""``mamba_inner_cuda`` (the layer body around this package's CUDA scan) against ``mamba_inner_ref`` in float64:
+the output and the gradient of every input, in float32 and under bf16 autocast with float32 weights, with in_proj's
+output contiguous or channel-major, and with frozen weights; and the layer's dispatch to it. GPU only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _helpers import needs_cuda, rel_err
+
+pytestmark = [pytest.mark.gpu, needs_cuda()]
+
+NAMES = ("xz", "conv_w", "conv_b", "x_proj_w", "dt_proj_w", "out_proj_w", "out_proj_b", "A", "D", "delta_bias")
+
+
+def inner_case(batch=2, d_inner=96, length=300, n=16, rank=6, d_model=48, channel_major=True, seed=0):
+    """The ten arguments of ``mamba_inner_fn`` as float32 CUDA leaves, and a gradient for the output."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g) * scale
+
+    if channel_major:  # as in_proj_channel_major gives it: (2 d_inner, batch, L) storage
+        xz = rand(2 * d_inner, batch, length).transpose(0, 1)
+    else:
+        xz = rand(batch, 2 * d_inner, length)
+    args = [
+        xz, rand(d_inner, 1, 4, scale=0.5), rand(d_inner, scale=0.1), rand(rank + 2 * n, d_inner, scale=0.1),
+        rand(d_inner, rank, scale=0.3), rand(d_model, d_inner, scale=0.1), rand(d_model, scale=0.1),
+        -(torch.rand(d_inner, n, generator=g) * 3 + 0.05), rand(d_inner), rand(d_inner, scale=0.1) - 2.0,
+    ]
+    grad = rand(batch, length, d_model)
+    return [a.cuda().requires_grad_(True) for a in args], grad.cuda()
+
+
+def run(fn, args, grad, wanted=None):
+    out = fn(*args)
+    wanted = [a for a in args if a.requires_grad] if wanted is None else wanted
+    return [out, *torch.autograd.grad(out, wanted, grad.to(out.dtype))]
+
+
+def reference(args, grad):
+    from vl_mamba.ops.mamba_inner import mamba_inner_ref
+
+    ref_args = [a.detach().double().requires_grad_(a.requires_grad) for a in args]
+    return run(mamba_inner_ref, ref_args, grad.double())
+
+
+@pytest.mark.parametrize("channel_major", [True, False])
+def test_float32_matches_reference(channel_major) -> None:
+    from vl_mamba.ops.mamba_inner_cuda import mamba_inner_cuda
+
+    args, grad = inner_case(channel_major=channel_major)
+    got, ref = run(mamba_inner_cuda, args, grad), reference(args, grad)
+    errs = {name: rel_err(a, r) for name, a, r in zip(("out", *NAMES), got, ref, strict=True)}
+    assert max(errs.values()) < 1e-4, errs
+
+
+def test_bf16_autocast_matches_reference() -> None:
+    """Under bf16 autocast with float32 weights, as in training: the gradients come back float32."""
+    from vl_mamba.ops.mamba_inner_cuda import mamba_inner_cuda
+
+    args, grad = inner_case(length=1000)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = run(mamba_inner_cuda, args, grad)
+    ref = reference(args, grad)
+    assert all(g.dtype == torch.float32 for g in got[2:])
+    errs = {name: rel_err(a, r) for name, a, r in zip(("out", *NAMES), got, ref, strict=True)}
+    assert max(errs.values()) < 3e-2, errs
+
+
+def test_frozen_weights() -> None:
+    """Only the input wants a gradient (a frozen LM passing gradients back to the connector)."""
+    from vl_mamba.ops.mamba_inner_cuda import mamba_inner_cuda
+
+    args, grad = inner_case(length=130)
+    for a in args[1:]:
+        a.requires_grad_(False)
+    got, ref = run(mamba_inner_cuda, args, grad), reference(args, grad)
+    assert len(got) == 2
+    assert rel_err(got[0], ref[0]) < 1e-4 and rel_err(got[1], ref[1]) < 1e-4
+
+
+def test_layer_dispatch(monkeypatch) -> None:
+    """A Mamba layer runs it where ``VL_MAMBA_CUDA_SCAN=1`` asks for it, with the gradients of the other path."""
+    from vl_mamba.decoders.config import MambaConfig
+    from vl_mamba.decoders.mamba_block import MambaMixer
+
+    torch.manual_seed(0)
+    layer = MambaMixer(MambaConfig(d_model=64, n_layer=1, vocab_size=16)).cuda()
+    hidden = torch.randn(2, 200, 64, device="cuda")
+    results = {}
+    for switch in ("1", "0"):
+        monkeypatch.setenv("VL_MAMBA_CUDA_SCAN", switch)
+        layer.zero_grad(set_to_none=True)
+        out = layer(hidden)
+        results[switch] = (type(out.grad_fn).__name__, out, torch.autograd.grad(out.sum(), list(layer.parameters())))
+    assert results["1"][0] == "_MambaInnerBackward"
+    assert results["0"][0] != results["1"][0]
+    assert rel_err(results["1"][1], results["0"][1]) < 1e-4
+    for a, b in zip(results["1"][2], results["0"][2], strict=True):
+        assert rel_err(a, b) < 1e-3
