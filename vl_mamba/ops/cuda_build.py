@@ -7,10 +7,10 @@ ranks starting together never load a half-written file. It needs no PyTorch head
 and torch's stream through ctypes, so a build takes seconds.
 
 The kernel is used only where ``VL_MAMBA_CUDA_SCAN=1`` asks for it (``selective_scan_cuda`` itself runs it
-whenever called). It runs one block per (sequence, 32 channels) along
-the whole length, so that a few long sequences leave an H100 partly idle (see BENCHMARKS.md, "GPU: this package's
-CUDA scan"). Without nvcc, or where the build fails, ``library()`` returns None
-with a warning and ``selective_scan_fn`` keeps to mamba_ssm's kernel or the Triton scan.
+whenever called; with the switch on, ``mamba_inner_fn`` runs the layer body around it, ``mamba_inner_cuda``). It is
+faster than mamba_ssm's scan at the shapes measured (BENCHMARKS.md, "GPU: this package's CUDA scan"), but stays
+opt-in until a whole training step with it has been measured. Without nvcc, or where the build fails, ``library()``
+returns None with a warning and ``selective_scan_fn`` keeps to mamba_ssm's kernel or the Triton scan.
 """
 
 from __future__ import annotations

@@ -139,6 +139,16 @@ def project_scan_inputs(
     """
     rank = delta_proj_weight.shape[1]
     n = (x_proj_weight.shape[0] - rank) // 2
+    batch, d, length = x.shape
+    if batch > 1 and x.stride() == (length, batch * length, 1):
+        # Channel-major x (as in_proj_channel_major and the conv on its output give it) is the (d, batch * L)
+        # matrix it is stored as: plain products on that matrix, and their results viewed back, copy nothing.
+        x_dbl = x_proj_weight @ x.transpose(0, 1).reshape(d, batch * length)  # (rank + 2N, batch * L)
+
+        def rows(t: Tensor) -> Tensor:
+            return t.view(t.shape[0], batch, length).transpose(0, 1)
+
+        return rows(delta_proj_weight @ x_dbl[:rank]), rows(x_dbl[rank : rank + n]), rows(x_dbl[rank + n :])
     x_dbl = torch.matmul(x_proj_weight, x)  # (batch, rank + 2N, L)
     dt, B, C = x_dbl.split([rank, n, n], dim=1)
     return torch.matmul(delta_proj_weight, dt), B, C
