@@ -16,7 +16,7 @@ from collections import defaultdict
 import torch
 
 from benchmarks.common import peak_gib, profile_cuda, report, time_cuda
-from benchmarks.train_step import H100_BF16_DENSE_TFLOPS, build, make_batch, step_flops
+from benchmarks.train_step import H100_BF16_DENSE_TFLOPS, build, make_batch, make_step, step_flops
 from vl_mamba.training.optim import param_groups
 from vl_mamba.training.stages import apply_stage
 
@@ -68,16 +68,9 @@ def main() -> None:
     model = build("mamba", False)
     apply_stage(model, args.stage)
     optimizer = torch.optim.AdamW(param_groups(model.named_parameters(), 1e-5, 0.0), lr=1e-5, fused=True)
-    data = make_batch(args.batch, args.seq, model.num_visual_tokens)
+    train_step = make_step(model, optimizer, make_batch(args.batch, args.seq, model.num_visual_tokens))
     text = args.seq - model.num_visual_tokens
     flops = step_flops(model, args.batch, args.seq, text - text // 2, args.stage)
-
-    def train_step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = model(data["input_ids"], data["pixel_values"], data["labels"])
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
     rows, kernels = [], []
     for scan in args.scans:

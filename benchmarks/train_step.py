@@ -101,6 +101,19 @@ def make_batch(batch: int, seq: int, visual: int) -> dict:
     return {"input_ids": input_ids, "labels": labels, "pixel_values": pixels}
 
 
+def make_step(model: VLMamba, optimizer: torch.optim.Optimizer, data: dict):
+    """One training step on ``data`` (forward under bf16 autocast, backward, optimizer step), as a function."""
+
+    def train_step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(data["input_ids"], data["pixel_values"], data["labels"])
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return train_step
+
+
 def run_config(kind: str, stage: str, seq: int, batches: list[int], checkpointing: bool) -> dict | None:
     model = build(kind, checkpointing)
     apply_stage(model, stage if stage == "finetune" else "align")
@@ -108,15 +121,7 @@ def run_config(kind: str, stage: str, seq: int, batches: list[int], checkpointin
     optimizer = torch.optim.AdamW(groups, lr=1e-5, fused=True)
     result = None
     for batch in batches:
-        data = make_batch(batch, seq, model.num_visual_tokens)
-
-        def train_step(model=model, optimizer=optimizer, data=data):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = model(data["input_ids"], data["pixel_values"], data["labels"])
-            out.loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
+        train_step = make_step(model, optimizer, make_batch(batch, seq, model.num_visual_tokens))
         try:
             torch.cuda.reset_peak_memory_stats()
             timing = time_cuda(train_step, warmup=2, repeats=5)

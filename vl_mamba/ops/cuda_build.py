@@ -54,8 +54,8 @@ class CudaScanArgs(ctypes.Structure):
 
 
 def enabled() -> bool:
-    """Whether ``VL_MAMBA_CUDA_SCAN`` asks ``selective_scan_fn`` for this kernel (1, true, yes or on); read at
-    every call."""
+    """Whether ``VL_MAMBA_CUDA_SCAN`` asks ``selective_scan_fn`` and ``mamba_inner_fn`` for this kernel (1, true,
+    yes or on); read at every call."""
     return os.environ.get(ENV_SWITCH, "0").strip().lower() in ("1", "true", "yes", "on")
 
 

@@ -83,16 +83,11 @@ def mamba_inner_fn(
 
 def _own_inner_ok(xz: Tensor, A: Tensor) -> bool:
     """``VL_MAMBA_CUDA_SCAN=1`` asks for this package's CUDA scan, which takes these operands and builds here."""
-    from vl_mamba.ops import cuda_build
+    from vl_mamba.ops import scan_cuda
 
-    if not cuda_build.enabled():
-        return False
-    from vl_mamba.ops.scan_cuda import kernel_available
-
-    # The scan's operands take xz's dtype, or autocast's where it is on.
+    # The scan's operands (B and C among them) take xz's dtype, or autocast's where it is on.
     dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else xz.dtype
-    return (dtype in cuda_build.DTYPES and not A.is_complex() and A.shape[1] <= cuda_build.STATES
-            and kernel_available())
+    return scan_cuda.takes(dtype, dtype, A) and scan_cuda.switched_on()
 
 
 def mamba_inner_ref(

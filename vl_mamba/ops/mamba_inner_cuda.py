@@ -90,7 +90,6 @@ class _MambaInner(torch.autograd.Function):
         d = channels // 2
         front_in = [_leaf(t, ctx.needs_input_grad[i]) for i, t in enumerate((xz[:, :d], conv_w, conv_b, x_proj_w,
                                                                               dt_proj_w))]
-        x = front_in[0]
         with torch.enable_grad():
             conv, dt, B, C = _front(*front_in)
         ops = scan_operands(conv.detach(), dt.detach(), A, B.detach(), C.detach(), D, xz[:, d:], delta_bias)
@@ -103,19 +102,16 @@ class _MambaInner(torch.autograd.Function):
         d_out_w = None
         if out_z is not None:
             d_out_w = torch.matmul(dout2d.t(), _matrix(out_z).t()).to(out_proj_w.dtype)
-        wanted = [t for t in front_in if t is not None and t.requires_grad]
-        grads = {}
-        if wanted:
-            grads = dict(zip(map(id, wanted), torch.autograd.grad(
-                (conv, dt, B, C), wanted, (du, ddelta.to(dt.dtype), dB.to(B.dtype), dC.to(C.dtype)),
-                allow_unused=True,
-            )))
-        dx = grads.get(id(x))
+        wanted = [t is not None and t.requires_grad for t in front_in]
+        grads = iter(torch.autograd.grad(
+            (conv, dt, B, C), [t for t, w in zip(front_in, wanted, strict=True) if w],
+            (du, ddelta.to(dt.dtype), dB.to(B.dtype), dC.to(C.dtype)), allow_unused=True,
+        ) if any(wanted) else ())
+        dx, d_conv_w, d_conv_b, d_xproj, d_dtproj = (next(grads) if w else None for w in wanted)
         if dx is None:
             dxz = None
         else:
             dxz[:, :d].copy_(dx)
-        d_conv_w, d_conv_b, d_xproj, d_dtproj = (grads.get(id(t)) if t is not None else None for t in front_in[1:])
         return (
             dxz, d_conv_w, d_conv_b, d_xproj, d_dtproj, d_out_w,
             dA.to(A.dtype) if ctx.needs_input_grad[6] else None,

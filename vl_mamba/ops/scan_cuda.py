@@ -20,6 +20,7 @@ from vl_mamba.ops.selective_scan import _check_shapes
 
 __all__ = [
     "kernel_available", "scan_backward", "scan_forward", "scan_operands", "selective_scan_cuda", "supports",
+    "switched_on", "takes",
 ]
 
 
@@ -28,17 +29,20 @@ def kernel_available() -> bool:
     return cuda_build.library() is not None
 
 
+def switched_on() -> bool:
+    """Whether ``VL_MAMBA_CUDA_SCAN=1`` asks for the kernel and it builds here (built only where asked for)."""
+    return cuda_build.enabled() and kernel_available()
+
+
+def takes(dtype: torch.dtype, w_dtype: torch.dtype, A: Tensor) -> bool:
+    """Whether the kernel reads inputs of ``dtype`` and B, C of ``w_dtype``, with a real A of at most 16 states."""
+    return (dtype in cuda_build.DTYPES and w_dtype in cuda_build.DTYPES and not A.is_complex()
+            and A.shape[1] <= cuda_build.STATES)
+
+
 def supports(u: Tensor, A: Tensor, B: Tensor) -> bool:
-    """Whether the kernel takes these operands: CUDA tensors of a dtype it reads, real A with at most 16 states,
-    one group of B and C."""
-    return (
-        u.is_cuda
-        and u.dtype in cuda_build.DTYPES
-        and B.dtype in cuda_build.DTYPES
-        and not A.is_complex()
-        and A.shape[1] <= cuda_build.STATES
-        and (B.dim() == 3 or B.shape[1] == 1)
-    )
+    """Whether the kernel takes these operands: CUDA tensors of dtypes it reads (``takes``), one group of B and C."""
+    return u.is_cuda and takes(u.dtype, B.dtype, A) and (B.dim() == 3 or B.shape[1] == 1)
 
 
 def selective_scan_cuda(

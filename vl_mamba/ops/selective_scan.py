@@ -133,13 +133,9 @@ def selective_scan_fn(
 
 def _own_cuda_ok(u: Tensor, A: Tensor, B: Tensor) -> bool:
     """``VL_MAMBA_CUDA_SCAN=1`` asks for this package's CUDA kernel, it takes these operands and it builds here."""
-    from vl_mamba.ops import cuda_build
+    from vl_mamba.ops import scan_cuda
 
-    if not cuda_build.enabled():
-        return False
-    from vl_mamba.ops.scan_cuda import kernel_available, supports
-
-    return supports(u, A, B) and kernel_available()
+    return scan_cuda.supports(u, A, B) and scan_cuda.switched_on()
 
 
 def _cpu_kernel_ok(*tensors: Tensor | None) -> bool:
