@@ -103,9 +103,13 @@ class _MambaInner(torch.autograd.Function):
         if out_z is not None:
             d_out_w = torch.matmul(dout2d.t(), _matrix(out_z).t()).to(out_proj_w.dtype)
         wanted = [t is not None and t.requires_grad for t in front_in]
+        # Only the recomputed tensors that depend on a wanted input: the conv's output does not where neither x
+        # nor the conv's weights want a gradient, while x_proj's weight does.
+        pairs = [(t, g) for t, g in zip((conv, dt, B, C), (du, ddelta.to(dt.dtype), dB.to(B.dtype), dC.to(C.dtype)),
+                                        strict=True) if t.requires_grad]
         grads = iter(torch.autograd.grad(
-            (conv, dt, B, C), [t for t, w in zip(front_in, wanted, strict=True) if w],
-            (du, ddelta.to(dt.dtype), dB.to(B.dtype), dC.to(C.dtype)), allow_unused=True,
+            [t for t, _ in pairs], [t for t, w in zip(front_in, wanted, strict=True) if w], [g for _, g in pairs],
+            allow_unused=True,
         ) if any(wanted) else ())
         dx, d_conv_w, d_conv_b, d_xproj, d_dtproj = (next(grads) if w else None for w in wanted)
         if dx is None:
