@@ -32,13 +32,17 @@ def time_cuda(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10) -> dict
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
 
 
-def profile_cuda(fn: Callable[[], Any], warmup: int = 3) -> torch.profiler.profile:
-    """A torch.profiler record (CUDA kernels and host calls) of one call of ``fn``, after ``warmup`` calls."""
+def profile_cuda(fn: Callable[[], Any], warmup: int = 3, stacks: bool = False) -> torch.profiler.profile:
+    """A torch.profiler record (CUDA kernels and host calls) of one call of ``fn``, after ``warmup`` calls; with
+    ``stacks``, also the input shapes and Python stacks of the host calls."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     with torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]
+        activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU],
+        record_shapes=stacks, with_stack=stacks,
+        # verbose: the events keep their Python stacks (without it they come back empty)
+        experimental_config=torch._C._profiler._ExperimentalConfig(verbose=True) if stacks else None,
     ) as prof:
         fn()
         torch.cuda.synchronize()

@@ -35,6 +35,10 @@ KINDS = [
 ]
 
 
+# A user annotation on the device timeline, as "Optimizer.step#AdamW.step" (kernel names have spaces or brackets).
+ANNOTATION = re.compile(r"[\w.]+#[\w.]+")
+
+
 def kind_of(name: str) -> str:
     """The kind of a kernel by its name; "other" where none of ``KINDS`` matches."""
     for kind, pattern in KINDS:
@@ -43,17 +47,47 @@ def kind_of(name: str) -> str:
     return "other"
 
 
-def kernel_times(prof: torch.profiler.profile) -> tuple[dict[str, float], dict[str, float]]:
-    """Milliseconds of GPU time by kind and by kernel name, from the profiler's device events."""
+def kernel_times(prof: torch.profiler.profile) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Milliseconds of GPU time by kind, and [milliseconds, calls] by kernel name, from the profiler's device
+    events. User annotations on the device timeline (``Optimizer.step#...``) span kernels counted already and
+    are left out."""
     by_kind: dict[str, float] = defaultdict(float)
-    by_name: dict[str, float] = defaultdict(float)
+    by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for event in prof.events():
-        if event.device_type != torch.autograd.DeviceType.CUDA:
+        if event.device_type != torch.autograd.DeviceType.CUDA or ANNOTATION.fullmatch(event.name):
             continue
         ms = (event.time_range.end - event.time_range.start) / 1e3
         by_kind[kind_of(event.name)] += ms
-        by_name[event.name] += ms
+        by_name[event.name][0] += ms
+        by_name[event.name][1] += 1
     return dict(by_kind), dict(by_name)
+
+
+def idle_gaps(prof: torch.profiler.profile, top: int) -> tuple[float, list[dict]]:
+    """The GPU's idle time between the first and the last kernel of the record (milliseconds), and the longest
+    idle gaps with the kernels on either side: where the host did not keep ahead of the GPU, or waited for it."""
+    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                   if e.device_type == torch.autograd.DeviceType.CUDA and not ANNOTATION.fullmatch(e.name))
+    gaps, busy_until, last = [], None, ""
+    for start, end, name in spans:
+        if busy_until is not None and start > busy_until:
+            gaps.append({"gap_ms": (start - busy_until) / 1e3, "after": last[:70], "before": name[:70]})
+        if busy_until is None or end > busy_until:
+            busy_until, last = end, name
+    return sum(g["gap_ms"] for g in gaps), sorted(gaps, key=lambda g: -g["gap_ms"])[:top]
+
+
+def copy_sites(prof: torch.profiler.profile, top: int) -> list[dict]:
+    """The host calls that copy tensors (copy_, clone, contiguous, to), by GPU time, with their input shapes and
+    the innermost Python frames that made them (a record made with ``stacks``)."""
+    rows = []
+    for e in prof.key_averages(group_by_input_shape=True, group_by_stack_n=4):
+        if e.key in ("aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy", "aten::reshape"):
+            ms = getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0.0)) / 1e3
+            if ms > 0:
+                rows.append({"op": e.key, "ms": ms, "calls": e.count, "shapes": str(e.input_shapes)[:60],
+                             "stack": " < ".join(f.split("/")[-1] for f in e.stack[1:5])[:150]})
+    return sorted(rows, key=lambda r: -r["ms"])[:top]
 
 
 def main() -> None:
@@ -63,6 +97,8 @@ def main() -> None:
     parser.add_argument("--stage", default="finetune", choices=["finetune", "align"])
     parser.add_argument("--scans", nargs="+", default=["mamba_ssm", "own"], choices=["mamba_ssm", "own"])
     parser.add_argument("--top", type=int, default=12, help="kernels listed by name, per run")
+    parser.add_argument("--stacks", action="store_true",
+                        help="also list the host calls that copy tensors, with their Python stacks")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     model = build("mamba", False)
@@ -72,26 +108,36 @@ def main() -> None:
     text = args.seq - model.num_visual_tokens
     flops = step_flops(model, args.batch, args.seq, text - text // 2, args.stage)
 
-    rows, kernels = [], []
+    rows, kernels, gaps, copies = [], [], [], []
     for scan in args.scans:
         os.environ["VL_MAMBA_CUDA_SCAN"] = "1" if scan == "own" else "0"
         torch.cuda.reset_peak_memory_stats()
         timing = time_cuda(train_step, warmup=2, repeats=5)
-        by_kind, by_name = kernel_times(profile_cuda(train_step, warmup=1))
+        prof = profile_cuda(train_step, warmup=1, stacks=args.stacks)
+        by_kind, by_name = kernel_times(prof)
+        idle_ms, longest = idle_gaps(prof, args.top)
+        gaps += [{"scan": scan, **g} for g in longest]
+        if args.stacks:
+            copies += [{"scan": scan, **c} for c in copy_sites(prof, args.top)]
         step_ms = timing["median_ms"]
         row = {"scan": scan, "seq": args.seq, "batch": args.batch, "stage": args.stage, "step_ms": step_ms,
                "MFU_%": 100 * flops / (step_ms / 1e3) / (H100_BF16_DENSE_TFLOPS * 1e12), "peak_GiB": peak_gib(),
-               "kernels_ms": sum(by_kind.values())}
+               "kernels_ms": sum(by_kind.values()), "idle_ms": idle_ms}
         row.update({f"{kind} ms": ms for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1])})
         rows.append(row)
-        top = sorted(by_name.items(), key=lambda kv: -kv[1])[: args.top]
-        kernels += [{"scan": scan, "kernel": name[:90], "kind": kind_of(name), "ms": ms} for name, ms in top]
+        top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[: args.top]
+        kernels += [{"scan": scan, "kernel": name[:120], "kind": kind_of(name), "ms": ms, "calls": calls}
+                    for name, (ms, calls) in top]
         print(row, flush=True)
     title = f"one training step by kernel kind ({args.stage}, {args.batch} x {args.seq} tokens, bf16 autocast)"
-    report(title, rows + kernels, [], args.out, quiet=True)
-    report("the step's largest kernels", kernels, ["scan", "kind", "ms", "kernel"], None)
+    report(title, rows + kernels + gaps + copies, [], args.out, quiet=True)
+    report("the step's largest kernels", kernels, ["scan", "kind", "ms", "calls", "kernel"], None)
+    report("the GPU's longest idle gaps in the step", gaps, ["scan", "gap_ms", "after", "before"], None)
+    if copies:
+        report("host calls that copy tensors", copies, ["scan", "op", "ms", "calls", "shapes", "stack"], None)
     kinds = [k for k, _ in KINDS] + ["other"]
-    report(title, rows, ["scan", "step_ms", "MFU_%", "peak_GiB", "kernels_ms", *(f"{k} ms" for k in kinds)], None)
+    report(title, rows, ["scan", "step_ms", "MFU_%", "peak_GiB", "kernels_ms", "idle_ms", *(f"{k} ms" for k in kinds)],
+           None)
 
 
 if __name__ == "__main__":

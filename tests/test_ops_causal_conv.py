@@ -19,6 +19,7 @@ from vl_mamba.ops import (
     causal_conv1d_update_ref,
     conv_state_from_input,
 )
+from vl_mamba.ops.causal_conv1d import causal_conv1d_backward, causal_conv1d_forward
 
 # (batch, dim, L, width)
 SHAPES = [(2, 8, 37, 4), (1, 3, 1, 4), (3, 5, 2, 4), (2, 4, 16, 3), (1, 6, 9, 1)]
@@ -129,6 +130,52 @@ def test_errors():
 # --- GPU: the causal-conv1d kernels against the references --------------------------------------------------------
 
 GPU_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+
+
+def _split_halves_case(device: str, dtype: torch.dtype, bias: bool, silu: bool, tol: float) -> None:
+    """``causal_conv1d_forward`` and ``causal_conv1d_backward`` on a channel-major x (a slice of in_proj's output,
+    as a Mamba layer has it) against autograd through the reference; x's gradient written into a slice of a bigger
+    buffer, as the layer body's backward does."""
+    gen = torch.Generator().manual_seed(3)
+    batch, dim, length, width = 3, 16, 41, 4
+
+    def make(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device)
+
+    xz = make(2 * dim, batch, length).to(dtype).transpose(0, 1)  # (batch, 2 dim, L) stored channel-major
+    wdt = torch.float64 if dtype == torch.float64 else torch.float32  # float32 weights beside half inputs
+    x, weight, b = xz[:, :dim], make(dim, width).to(wdt), make(dim).to(wdt) if bias else None
+    dout = make(batch, dim, length).to(dtype)
+    act = "silu" if silu else None
+    leaves = [t.detach().double().requires_grad_(True) if t is not None else None for t in (x, weight, b)]
+    ref = causal_conv1d_ref(*leaves, act)
+    ref_grads = torch.autograd.grad(ref, [t for t in leaves if t is not None], dout.double())
+
+    out = causal_conv1d_forward(x, weight, b, silu)
+    assert out.dtype == dtype and out.grad_fn is None
+    assert device == "cpu" or out.stride() == x.stride()  # the kernel ran: it keeps x's layout
+    assert_close_rel(out, ref, tol, "output")
+    sink = torch.full((batch, 2 * dim, length), float("nan"), device=device, dtype=dtype)
+    dx, dw, db = causal_conv1d_backward(x, weight, b, dout, silu, dx=sink[:, :dim])
+    assert dx.data_ptr() == sink.data_ptr() and torch.isnan(sink[:, dim:]).all()
+    assert dw.dtype == weight.dtype and (db is None) == (b is None)
+    for name, got, want in zip(("x", "weight", "bias"), (dx, dw, db), ref_grads, strict=False):
+        assert_close_rel(got, want, tol, f"grad of {name}")
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("silu", [True, False], ids=["silu", "linear"])
+def test_split_halves_match_ref_on_cpu(bias, silu):
+    _split_halves_case("cpu", torch.float64, bias, silu, 1e-12)
+
+
+@pytest.mark.gpu
+@needs_cuda("causal_conv1d")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_split_halves_use_the_kernel(dtype, bias):
+    assert conv_module._cuda_conv_ext() is not None
+    _split_halves_case("cuda", dtype, bias, True, GPU_TOLERANCE[dtype])
 
 
 @pytest.mark.gpu

@@ -62,14 +62,16 @@ def _scan_forward_ref(ops, softplus, keep, out=None):
     return out, last, torch.empty(0)
 
 
-def _scan_backward_ref(ops, ckpt, softplus, dout, dlast, dz=None, out_z=None):
+def _scan_backward_ref(ops, ckpt, softplus, dout, dlast, dz=None, out_z=None, du=None, ddelta=None):
     """``scan_cuda.scan_backward``'s contract, by autograd through ``selective_scan_ref``."""
     leaves = [None if t is None else t.detach().requires_grad_(True) for t in ops]
     with torch.enable_grad():
         y, last = selective_scan_ref(*leaves, delta_softplus=softplus, return_last_state=True)
         loss = (y * dout).sum() + (0 if dlast is None else (last * dlast).sum())
         grads = iter(torch.autograd.grad(loss, [t for t in leaves if t is not None]))
-    du, ddelta, dA, dB, dC, dD, dz_, dbias = (None if t is None else next(grads) for t in leaves)
+    du_, ddelta_, dA, dB, dC, dD, dz_, dbias = (None if t is None else next(grads) for t in leaves)
+    du = du_ if du is None else du.copy_(du_)
+    ddelta = ddelta_ if ddelta is None else ddelta.copy_(ddelta_)
     if dz is not None:
         dz.copy_(dz_)
     if out_z is not None:

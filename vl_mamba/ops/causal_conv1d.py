@@ -2,7 +2,10 @@
 
 ``causal_conv1d_fn`` uses the causal-conv1d CUDA kernel for CUDA tensors when that package is installed, and
 ``causal_conv1d_torch`` (one grouped ``conv1d``) otherwise; ``causal_conv1d_ref`` is the specification.
-``causal_conv1d_update`` advances one step for generation, with its ``_ref`` beside it.
+``causal_conv1d_update`` advances one step for generation, with its ``_ref`` beside it. ``causal_conv1d_forward``
+and ``causal_conv1d_backward`` are the two halves without autograd, for layer bodies that write their own backward
+(``mamba_inner_cuda``): they call the kernel's extension directly (no dispatch through torch's op registry) and take
+preallocated outputs.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "causal_conv1d_backward",
     "causal_conv1d_fn",
+    "causal_conv1d_forward",
     "causal_conv1d_torch",
     "causal_conv1d_ref",
     "causal_conv1d_update",
@@ -32,6 +37,18 @@ def _cuda_conv():
     except ImportError:
         return None
     return kernel
+
+
+@functools.cache
+def _cuda_conv_ext():
+    """causal-conv1d's compiled extension where its functions take preallocated outputs (causal-conv1d 1.5 on, the
+    releases with ``cpp_functions``); None otherwise."""
+    try:
+        import causal_conv1d.cpp_functions  # noqa: F401  (marks the API with output arguments)
+        import causal_conv1d_cuda as ext
+    except ImportError:
+        return None
+    return ext
 
 
 @functools.cache
@@ -75,6 +92,42 @@ def causal_conv1d_fn(
         if kernel is not None:
             return kernel(x, weight, bias, activation=activation)
     return causal_conv1d_torch(x, weight, bias, activation)
+
+
+def causal_conv1d_forward(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
+    """``causal_conv1d_fn(x, weight, bias, "silu" if silu else None)`` outside autograd. From the kernel, the output
+    is laid out as x where x is dense (``empty_like``), so a channel-major x gives a channel-major output."""
+    ext = _cuda_conv_ext() if _kernel_ok(x, weight, bias) and (x.stride(2) == 1 or x.stride(1) == 1) else None
+    if ext is None:
+        with torch.no_grad():
+            return causal_conv1d_torch(x, weight, bias, "silu" if silu else None)
+    out = torch.empty_like(x)
+    ext.causal_conv1d_fwd(x, weight, bias, None, None, out, None, silu)
+    return out
+
+
+def causal_conv1d_backward(
+    x: Tensor, weight: Tensor, bias: Tensor | None, dout: Tensor, silu: bool, dx: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The gradients (dx, dweight, dbias) of ``causal_conv1d_forward`` for the output's gradient ``dout``; dweight
+    and dbias in the dtypes of weight and bias. ``dx`` (optional, x's shape and dtype, L at unit stride) is where
+    x's gradient goes."""
+    ext = _cuda_conv_ext() if _kernel_ok(x, weight, bias, dout) and x.stride(2) == 1 else None
+    if ext is not None and (dx is None or dx.stride(2) == 1):
+        dout = dout if dout.stride(2) == 1 else dout.contiguous()
+        dx = torch.empty_like(x) if dx is None else dx
+        dweight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
+        dbias = None if bias is None else torch.zeros(bias.shape, device=bias.device, dtype=torch.float32)
+        ext.causal_conv1d_bwd(x, weight, bias, dout, None, None, None, dx, dweight, dbias, None, silu)
+        return dx, dweight.to(weight.dtype), None if dbias is None else dbias.to(bias.dtype)
+    leaves = [None if t is None else t.detach().requires_grad_(True) for t in (x, weight, bias)]
+    with torch.enable_grad():
+        out = causal_conv1d_torch(*leaves, "silu" if silu else None)
+        grads = torch.autograd.grad(out, [t for t in leaves if t is not None], dout.to(out.dtype))
+    gx, gw, gb = grads[0], grads[1], grads[2] if bias is not None else None
+    if dx is not None:
+        gx = dx.copy_(gx)
+    return gx, gw, gb
 
 
 def causal_conv1d_torch(

@@ -50,6 +50,7 @@ class CudaScanArgs(ctypes.Structure):
         *((name, ctypes.c_void_p) for name in ("dA", "dD", "dbias", "dBC")),
         *((name, ctypes.c_int64 * 2) for name in ("sout", "sdout", "sdz")),
         ("out_z", ctypes.c_void_p),
+        *((name, ctypes.c_int64 * 2) for name in ("sdu", "sddelta")),
     ]
 
 

@@ -52,11 +52,12 @@ typedef struct {
     int64_t su[2], sdelta[2], sB[2], sC[2], sz[2];   // (batch, channel) strides; (batch, state) for B and C
     void *out, *last, *ckpt;            // out (batch, dim, length), strides sout; last (batch, dim, nstate)
     const void *dout, *dlast;           // dout (batch, dim, length), strides sdout; dlast (batch, dim, nstate) float32
-    void *du, *ddelta, *dz;             // du and ddelta contiguous (batch, dim, length); dz strides sdz; in_dtype
+    void *du, *ddelta, *dz;             // in_dtype, (batch, dim, length): strides sdu, sddelta and sdz
     float *dA, *dD, *dbias;             // float32, zeroed by the caller (atomic sums)
     float *dBC;                         // (batch, blocks, 2, MAX_STATES, length) float32: partial sums per block
     int64_t sout[2], sdout[2], sdz[2];  // (batch, channel) strides of out and out_z, dout, dz
     void *out_z;                        // backward: the forward's output again (gated), laid out as out; or null
+    int64_t sdu[2], sddelta[2];         // (batch, channel) strides of du and ddelta
 } vl_cuda_scan_args;
 
 }
@@ -221,6 +222,34 @@ __device__ __forceinline__ void put8(float *dst, const float (&v)[8]) {
     reinterpret_cast<float4 *>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
 }
 
+// Eight steps of a tile row (float32 in shared memory) to global memory from step t: one 16-byte store where
+// aligned (rows aligned for vector access, eight steps in range), else element by element within the length.
+template <typename T>
+__device__ __forceinline__ void store8(T *row, const float *src, int64_t t, int64_t length, bool vec) {
+    const float4 a = reinterpret_cast<const float4 *>(src)[0], b = reinterpret_cast<const float4 *>(src)[1];
+    const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    if (vec && t + 8 <= length) {
+        unsigned w[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) w[j] = bits_of(from_f<T>(v[2 * j])) | (bits_of(from_f<T>(v[2 * j + 1])) << 16);
+        *reinterpret_cast<uint4 *>(row + t) = make_uint4(w[0], w[1], w[2], w[3]);
+        return;
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+        if (t + j < length) row[t + j] = from_f<T>(v[j]);
+}
+__device__ __forceinline__ void store8(float *row, const float *src, int64_t t, int64_t length, bool vec) {
+    if (vec && t + 8 <= length) {
+        reinterpret_cast<float4 *>(row + t)[0] = reinterpret_cast<const float4 *>(src)[0];
+        reinterpret_cast<float4 *>(row + t)[1] = reinterpret_cast<const float4 *>(src)[1];
+        return;
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+        if (t + j < length) row[t + j] = src[j];
+}
+
 // Stage the fetched tile from t0; the backward's extra rows only where `dout_rows` is given.
 template <typename TI, typename TW>
 __device__ __forceinline__ void stage(const vl_cuda_scan_args &p, const Lane &l, const Fetched<TI, TW> &f,
@@ -374,7 +403,7 @@ __global__ void __launch_bounds__(THREADS, 3) scan_backward(const vl_cuda_scan_a
     }
     const float Dv = (p.D && l.on) ? ((const float *)p.D)[l.d] : 0.f;
     const float bias = (p.delta_bias && l.on) ? ((const float *)p.delta_bias)[l.d] : 0.f;
-    const int64_t row = (l.b * p.dim + l.d) * p.length;
+    const int64_t row_du = l.b * p.sdu[0] + l.d * p.sdu[1], row_dd = l.b * p.sddelta[0] + l.d * p.sddelta[1];
     const int64_t row_out = l.b * p.sout[0] + l.d * p.sout[1], row_dz = l.b * p.sdz[0] + l.d * p.sdz[1];
     // The block's partial dB and dC: thread tid sums X = tid / 64, state (tid / 4) % 16, steps 8 (tid % 4) + [0, 8).
     const int sum_x = threadIdx.x >> 6, sum_n = (threadIdx.x >> 2) & 15, sum_k = (threadIdx.x & 3) * 8;
@@ -429,38 +458,41 @@ __global__ void __launch_bounds__(THREADS, 3) scan_backward(const vl_cuda_scan_a
                     y[k] += cc[j][k] * hs[j][k];
                 }
             }
-            // adjoint, backwards through the group
-            float gu[STEPS], gd[STEPS], gB[SPT][STEPS], gC[SPT][STEPS];
+            // adjoint, backwards through the group. With S = sum_j g_j B_j and P = sum_j A_j g_j exp(delta A_j) h_j,prev
+            // (both summed over the quad once): du = delta S + D dy and ddelta = (u S + P) softplus'.
+            float S[STEPS], P[STEPS], gB[SPT][STEPS], gC[SPT][STEPS];
 #pragma unroll
             for (int k = STEPS - 1; k >= 0; --k) {
                 const float du = dl[k] * uu[k];
-                gu[k] = 0.f;
-                gd[k] = 0.f;
+                S[k] = 0.f;
+                P[k] = 0.f;
 #pragma unroll
                 for (int j = 0; j < SPT; ++j) {
                     g[j] = g[j] * a_next[j] + cc[j][k] * dy[k];
                     const float prev = k > 0 ? hs[j][k - 1] : first[j];
-                    const float gdl = g[j] * dl[k];
+                    const float gah = g[j] * (a[j][k] * prev);
                     gB[j][k] = g[j] * du;
                     gC[j][k] = dy[k] * hs[j][k];
-                    gu[k] += gdl * bb[j][k];
-                    const float ah = a[j][k] * prev;
-                    gd[k] += g[j] * (Aj[j] * ah + uu[k] * bb[j][k]);
-                    dA[j] += gdl * ah;
+                    S[k] += g[j] * bb[j][k];
+                    P[k] += Aj[j] * gah;
+                    dA[j] += dl[k] * gah;
                     a_next[j] = a[j][k];
                 }
             }
             const int kk = s * STEPS + l.q;
             const float u_k = tile.u[l.ch][kk], dy_k = tile.dy[l.ch][kk];
             const float yk = quad_sum(y, l.q) + Dv * u_k;
-            const float du_k = quad_sum(gu, l.q) + Dv * dy_k;
-            const float dd_k = quad_sum(gd, l.q) * tile.sg[l.ch][kk];
-            const int64_t tk = tg + l.q;
-            if (l.on && tk < p.length) {
-                ((TI *)p.du)[row + tk] = from_f<TI>(du_k);
-                ((TI *)p.ddelta)[row + tk] = from_f<TI>(dd_k);
-                if (p.z) ((TI *)p.dz)[row_dz + tk] = from_f<TI>(yk * tile.dzf[l.ch][kk]);
-                if (p.out_z) ((TI *)p.out_z)[row_out + tk] = from_f<TI>(yk * tile.gate[l.ch][kk]);
+            const float S_k = quad_sum(S, l.q);
+            const float du_k = tile.dl[l.ch][kk] * S_k + Dv * dy_k;
+            const float dd_k = (u_k * S_k + quad_sum(P, l.q)) * tile.sg[l.ch][kk];
+            // The step's results replace the tile's entries that no later group reads; the tile's rows are written
+            // out whole, after the last group. (The quad read this group's entries before its sums above.)
+            __syncwarp();
+            tile.dy[l.ch][kk] = du_k;
+            tile.sg[l.ch][kk] = dd_k;
+            tile.dzf[l.ch][kk] *= yk;
+            tile.gate[l.ch][kk] *= yk;
+            if (l.on && tg + l.q < p.length) {
                 dD += dy_k * u_k;
                 dbias += dd_k;
             }
@@ -485,6 +517,13 @@ __global__ void __launch_bounds__(THREADS, 3) scan_backward(const vl_cuda_scan_a
 #pragma unroll
             for (int k = 0; k < 8; ++k)
                 if (t + k < p.length) dBC[t + k] = v[k];
+        }
+        if (l.on) {  // the tile's du, ddelta, dz and y: eight steps of the thread's channel each
+            const int k8 = k8_of();
+            store8((TI *)p.du + row_du, &tile.dy[l.ch][k8], t0 + k8, p.length, p.vec);
+            store8((TI *)p.ddelta + row_dd, &tile.sg[l.ch][k8], t0 + k8, p.length, p.vec);
+            if (p.z) store8((TI *)p.dz + row_dz, &tile.dzf[l.ch][k8], t0 + k8, p.length, p.vec);
+            if (p.out_z) store8((TI *)p.out_z + row_out, &tile.gate[l.ch][k8], t0 + k8, p.length, p.vec);
         }
     }
 #pragma unroll

@@ -6,8 +6,10 @@ as large as a bf16 input at 16 states); the backward recomputes the convolution 
 mamba_ssm's ``mamba_inner_fn`` does, and has the scan's backward write y again for out_proj's weight gradient
 instead of keeping it. y, the gradient of y and the gradient of in_proj's output are laid out channel-major,
 (channels, batch * L) viewed as (batch, channels, L), so that out_proj's products and in_proj's backward read them
-without copies. It needs no mamba_ssm: the convolution is ``causal_conv1d_fn`` (causal-conv1d's kernel where
-installed).
+without copies; so are the scan's gradients of u and delta, which the projections' backward reads as matrices and
+adds x_proj's part to in place. The backward is written out (no autograd inside it), and the conv's backward writes
+x's gradient straight into in_proj's. It needs no mamba_ssm: the convolution is ``causal_conv1d_forward`` and
+``causal_conv1d_backward`` (causal-conv1d's kernel where installed).
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from vl_mamba.ops.causal_conv1d import causal_conv1d_fn
-from vl_mamba.ops.mamba_inner import project_scan_inputs
+from vl_mamba.ops.causal_conv1d import causal_conv1d_backward, causal_conv1d_forward
 from vl_mamba.ops.scan_cuda import scan_backward, scan_forward, scan_operands
 
 __all__ = ["mamba_inner_cuda"]
@@ -47,24 +48,32 @@ def mamba_inner_cuda(
     return out if out_proj_bias is None else out + out_proj_bias
 
 
-def _front(x: Tensor, conv_w: Tensor, conv_b: Tensor | None, x_proj_w: Tensor, dt_proj_w: Tensor):
-    """x (batch, d_inner, L) -> the scan's inputs: the conv's output, dt before bias, B and C."""
-    conv = causal_conv1d_fn(x, conv_w.squeeze(1), conv_b, activation="silu")
-    return (conv, *project_scan_inputs(conv, x_proj_w, dt_proj_w))
-
-
 def _channel_major(batch: int, channels: int, length: int, like: Tensor) -> Tensor:
     """An empty (batch, channels, L) tensor stored as (channels, batch, L)."""
     return torch.empty(channels, batch, length, device=like.device, dtype=like.dtype).transpose(0, 1)
 
 
 def _matrix(t: Tensor) -> Tensor:
-    """A channel-major (batch, channels, L) tensor as the (channels, batch * L) matrix it is stored as."""
+    """A (batch, channels, L) tensor as the (channels, batch * L) matrix; a view where t is channel-major."""
     return t.transpose(0, 1).reshape(t.shape[1], -1)
 
 
-def _leaf(t: Tensor | None, wanted: bool) -> Tensor | None:
-    return None if t is None else t.detach().requires_grad_(wanted)
+def _rows(m: Tensor, batch: int) -> Tensor:
+    """A (channels, batch * L) matrix as the (batch, channels, L) tensor it holds (a view)."""
+    return m.view(m.shape[0], batch, -1).transpose(0, 1)
+
+
+def _project(conv: Tensor, x_proj_w: Tensor, dt_proj_w: Tensor):
+    """The conv's output (batch, d_inner, L) -> (its matrix, x_proj's output as a (rank + 2N, batch * L) matrix,
+    dt before bias, B, C), in the conv's dtype. Products over all tokens at once on the channel-major matrices,
+    which view the conv's output without copying it where it is channel-major (as the conv gives it on in_proj's
+    channel-major output)."""
+    batch, rank = conv.shape[0], dt_proj_w.shape[1]
+    n = (x_proj_w.shape[0] - rank) // 2
+    conv_m = _matrix(conv)
+    x_dbl = x_proj_w.to(conv.dtype) @ conv_m
+    dt = _rows(dt_proj_w.to(conv.dtype) @ x_dbl[:rank], batch)
+    return conv_m, x_dbl, dt, _rows(x_dbl[rank : rank + n], batch), _rows(x_dbl[rank + n :], batch)
 
 
 class _MambaInner(torch.autograd.Function):
@@ -73,7 +82,8 @@ class _MambaInner(torch.autograd.Function):
     def forward(ctx, xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, A, D, delta_bias):
         batch, channels, length = xz.shape
         d = channels // 2
-        conv, dt, B, C = _front(xz[:, :d], conv_w, conv_b, x_proj_w, dt_proj_w)
+        conv = causal_conv1d_forward(xz[:, :d], conv_w.squeeze(1), conv_b, silu=True)
+        _, _, dt, B, C = _project(conv, x_proj_w, dt_proj_w)
         ops = scan_operands(conv, dt, A, B, C, D, xz[:, d:], delta_bias)
         y = _channel_major(batch, d, length, conv)
         _, _, ckpt = scan_forward(ops, True, keep=True, out=y)
@@ -86,39 +96,53 @@ class _MambaInner(torch.autograd.Function):
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dout):
         xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, A, D, delta_bias, ckpt = ctx.saved_tensors
+        needs = ctx.needs_input_grad
         batch, channels, length = xz.shape
-        d = channels // 2
-        front_in = [_leaf(t, ctx.needs_input_grad[i]) for i, t in enumerate((xz[:, :d], conv_w, conv_b, x_proj_w,
-                                                                              dt_proj_w))]
-        with torch.enable_grad():
-            conv, dt, B, C = _front(*front_in)
-        ops = scan_operands(conv.detach(), dt.detach(), A, B.detach(), C.detach(), D, xz[:, d:], delta_bias)
-        dout2d = dout.reshape(batch * length, -1)
-        # dy = dout @ W_out, computed as W_out^T @ dout^T: (d_inner, batch * L), channel-major.
-        dy = torch.matmul(out_proj_w.t(), dout2d.t()).view(d, batch, length).transpose(0, 1)
-        dxz = _channel_major(batch, channels, length, xz)
-        out_z = _channel_major(batch, d, length, conv) if ctx.needs_input_grad[5] else None
-        du, ddelta, dA, dB, dC, dD, _, dbias = scan_backward(ops, ckpt, True, dy, None, dz=dxz[:, d:], out_z=out_z)
-        d_out_w = None
-        if out_z is not None:
-            d_out_w = torch.matmul(dout2d.t(), _matrix(out_z).t()).to(out_proj_w.dtype)
-        wanted = [t is not None and t.requires_grad for t in front_in]
-        # Only the recomputed tensors that depend on a wanted input: the conv's output does not where neither x
-        # nor the conv's weights want a gradient, while x_proj's weight does.
-        pairs = [(t, g) for t, g in zip((conv, dt, B, C), (du, ddelta.to(dt.dtype), dB.to(B.dtype), dC.to(C.dtype)),
-                                        strict=True) if t.requires_grad]
-        grads = iter(torch.autograd.grad(
-            [t for t, _ in pairs], [t for t, w in zip(front_in, wanted, strict=True) if w], [g for _, g in pairs],
-            allow_unused=True,
-        ) if any(wanted) else ())
-        dx, d_conv_w, d_conv_b, d_xproj, d_dtproj = (next(grads) if w else None for w in wanted)
-        if dx is None:
-            dxz = None
-        else:
-            dxz[:, :d].copy_(dx)
+        d, rank = channels // 2, dt_proj_w.shape[1]
+        x = xz[:, :d]
+        # The conv and the projections again, from in_proj's output (mamba_ssm's memory plan).
+        conv = causal_conv1d_forward(x, conv_w.squeeze(1), conv_b, silu=True)
+        cdt = conv.dtype
+        with torch.autocast(xz.device.type, enabled=False):  # every product below in the activations' dtype
+            conv_m, x_dbl, dt, B, C = _project(conv, x_proj_w, dt_proj_w)
+            ops = scan_operands(conv, dt, A, B, C, D, xz[:, d:], delta_bias)
+            dout2d = dout.reshape(batch * length, -1).to(cdt)
+            out_w = out_proj_w.to(cdt)
+            # dy = dout @ W_out, computed as W_out^T @ dout^T: (d_inner, batch * L), channel-major.
+            dy = _rows(out_w.t() @ dout2d.t(), batch)
+            dxz = _channel_major(batch, channels, length, xz)
+            # du and ddelta channel-major, so that the products below read them as matrices without copies.
+            du, ddelta = _channel_major(batch, d, length, conv), _channel_major(batch, d, length, conv)
+            out_z = _channel_major(batch, d, length, conv) if needs[5] else None
+            _, _, dA, dB, dC, dD, _, dbias = scan_backward(
+                ops, ckpt, True, dy, None, dz=dxz[:, d:], out_z=out_z, du=du, ddelta=ddelta
+            )
+            d_out_w = None if out_z is None else (dout2d.t() @ _matrix(out_z).t()).to(out_proj_w.dtype)
+            d_conv_w = d_conv_b = d_xproj = d_dtproj = None
+            if any(needs[:5]):
+                # The gradient of x_proj's output: dt's part through dt_proj, then B's and C's from the scan.
+                ddelta_m = _matrix(ddelta)
+                d_dbl = torch.empty_like(x_dbl)
+                torch.mm(dt_proj_w.to(cdt).t(), ddelta_m, out=d_dbl[:rank])
+                n = dB.shape[1]
+                _rows(d_dbl[rank:], batch).view(batch, 2, n, length).copy_(torch.stack((dB, dC), 1))
+                if needs[4]:
+                    d_dtproj = (ddelta_m @ x_dbl[:rank].t()).to(dt_proj_w.dtype)
+                if needs[3]:
+                    d_xproj = (d_dbl @ conv_m.t()).to(x_proj_w.dtype)
+                if any(needs[:3]):
+                    # The conv output's gradient: the scan's (du) plus x_proj's, summed in place.
+                    _matrix(du).addmm_(x_proj_w.to(cdt).t(), d_dbl)
+                    _, d_conv_w, d_conv_b = causal_conv1d_backward(
+                        x, conv_w.squeeze(1), conv_b, du, silu=True, dx=dxz[:, :d]
+                    )
+                    d_conv_w = d_conv_w.unsqueeze(1)
         return (
-            dxz, d_conv_w, d_conv_b, d_xproj, d_dtproj, d_out_w,
-            dA.to(A.dtype) if ctx.needs_input_grad[6] else None,
-            dD.to(D.dtype) if ctx.needs_input_grad[7] else None,
-            dbias.to(delta_bias.dtype) if ctx.needs_input_grad[8] else None,
+            dxz if needs[0] else None,
+            d_conv_w if needs[1] else None,
+            d_conv_b if needs[2] else None,
+            d_xproj, d_dtproj, d_out_w,
+            dA.to(A.dtype) if needs[6] else None,
+            dD.to(D.dtype) if needs[7] else None,
+            dbias.to(delta_bias.dtype) if needs[8] else None,
         )

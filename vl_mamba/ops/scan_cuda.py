@@ -160,13 +160,15 @@ def scan_forward(ops: tuple, softplus: bool, keep: bool, out: Tensor | None = No
 
 
 def scan_backward(ops: tuple, ckpt: Tensor, softplus: bool, dout: Tensor | None, dlast: Tensor | None,
-                  dz: Tensor | None = None, out_z: Tensor | None = None) -> tuple:
+                  dz: Tensor | None = None, out_z: Tensor | None = None, du: Tensor | None = None,
+                  ddelta: Tensor | None = None) -> tuple:
     """The kernel's backward: (du, ddelta, dA, dB, dC, dD, dz, dbias), dB and dC float32 (batch, N, L), dA, dD
     and dbias float32, the rest in u's dtype.
 
-    ``dout``, the gradient of y, may have any strides with L's unit. ``dz`` (optional) is where z's gradient goes;
-    ``out_z`` (optional) receives y again, as the forward gave it (for out_proj's weight gradient without keeping
-    y). Both: (batch, dim, L) in u's dtype, any strides with L's unit.
+    ``dout``, the gradient of y, may have any strides with L's unit. ``du``, ``ddelta`` and ``dz`` (optional) are
+    where those gradients go (new contiguous tensors otherwise); ``out_z`` (optional) receives y again, as the
+    forward gave it (for out_proj's weight gradient without keeping y). All four: (batch, dim, L) in u's dtype,
+    any strides with L's unit.
     """
     u, delta, A, B, C, D, z, bias = ops
     batch, dim, length = u.shape
@@ -176,7 +178,7 @@ def scan_backward(ops: tuple, ckpt: Tensor, softplus: bool, dout: Tensor | None,
     elif dout.dtype != u.dtype or dout.stride(-1) != 1:
         dout = dout.to(u.dtype).contiguous()
     dlast = None if dlast is None else dlast.float().contiguous()
-    du, ddelta = torch.empty(batch, dim, length, **rows), torch.empty(batch, dim, length, **rows)
+    du, ddelta = _rows(du, u, "du"), _rows(ddelta, u, "ddelta")
     dz = None if z is None else _rows(dz, u, "dz")
     out_z = None if out_z is None else _rows(out_z, u, "out_z")
     dA = torch.zeros_like(A)
@@ -186,11 +188,12 @@ def scan_backward(ops: tuple, ckpt: Tensor, softplus: bool, dout: Tensor | None,
     dBC = torch.empty(batch, blocks, 2, cuda_build.STATES, length, device=u.device, dtype=torch.float32)
     args = _args(*ops, softplus)
     args.ckpt, args.dout, args.dlast = _ptr(ckpt), _ptr(dout), _ptr(dlast)
-    args.vec = int(args.vec and _aligned(dout, 8))
+    args.vec = int(args.vec and all(_aligned(t, 8) for t in (dout, du, ddelta, dz, out_z)))
     args.du, args.ddelta, args.dz, args.out_z = _ptr(du), _ptr(ddelta), _ptr(dz), _ptr(out_z)
     args.dA, args.dD, args.dbias, args.dBC = _ptr(dA), _ptr(dD), _ptr(dbias), _ptr(dBC)
     args.sdout[:] = dout.stride()[:2]
     args.sdz[:] = (0, 0) if dz is None else dz.stride()[:2]
+    args.sdu[:], args.sddelta[:] = du.stride()[:2], ddelta.stride()[:2]
     args.sout[:] = (0, 0) if out_z is None else out_z.stride()[:2]
     _launch(args, True, u.device)
     sums = dBC[:, :, :, : A.shape[1]].sum(1)  # (batch, 2, n, L)
