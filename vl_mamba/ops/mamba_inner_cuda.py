@@ -65,15 +65,16 @@ def _rows(m: Tensor, batch: int) -> Tensor:
 
 def _project(conv: Tensor, x_proj_w: Tensor, dt_proj_w: Tensor):
     """The conv's output (batch, d_inner, L) -> (its matrix, x_proj's output as a (rank + 2N, batch * L) matrix,
-    dt before bias, B, C), in the conv's dtype. Products over all tokens at once on the channel-major matrices,
-    which view the conv's output without copying it where it is channel-major (as the conv gives it on in_proj's
-    channel-major output)."""
+    dt before bias, B, C, the two weights), all in the conv's dtype. Products over all tokens at once on the
+    channel-major matrices, which view the conv's output without copying it where it is channel-major (as the conv
+    gives it on in_proj's channel-major output)."""
     batch, rank = conv.shape[0], dt_proj_w.shape[1]
     n = (x_proj_w.shape[0] - rank) // 2
+    x_proj_w, dt_proj_w = x_proj_w.to(conv.dtype), dt_proj_w.to(conv.dtype)
     conv_m = _matrix(conv)
-    x_dbl = x_proj_w.to(conv.dtype) @ conv_m
-    dt = _rows(dt_proj_w.to(conv.dtype) @ x_dbl[:rank], batch)
-    return conv_m, x_dbl, dt, _rows(x_dbl[rank : rank + n], batch), _rows(x_dbl[rank + n :], batch)
+    x_dbl = x_proj_w @ conv_m
+    dt = _rows(dt_proj_w @ x_dbl[:rank], batch)
+    return conv_m, x_dbl, dt, _rows(x_dbl[rank : rank + n], batch), _rows(x_dbl[rank + n :], batch), x_proj_w, dt_proj_w
 
 
 class _MambaInner(torch.autograd.Function):
@@ -83,7 +84,7 @@ class _MambaInner(torch.autograd.Function):
         batch, channels, length = xz.shape
         d = channels // 2
         conv = causal_conv1d_forward(xz[:, :d], conv_w.squeeze(1), conv_b, silu=True)
-        _, _, dt, B, C = _project(conv, x_proj_w, dt_proj_w)
+        _, _, dt, B, C, _, _ = _project(conv, x_proj_w, dt_proj_w)
         ops = scan_operands(conv, dt, A, B, C, D, xz[:, d:], delta_bias)
         y = _channel_major(batch, d, length, conv)
         _, _, ckpt = scan_forward(ops, True, keep=True, out=y)
@@ -104,7 +105,7 @@ class _MambaInner(torch.autograd.Function):
         conv = causal_conv1d_forward(x, conv_w.squeeze(1), conv_b, silu=True)
         cdt = conv.dtype
         with torch.autocast(xz.device.type, enabled=False):  # every product below in the activations' dtype
-            conv_m, x_dbl, dt, B, C = _project(conv, x_proj_w, dt_proj_w)
+            conv_m, x_dbl, dt, B, C, xp_w, dtp_w = _project(conv, x_proj_w, dt_proj_w)
             ops = scan_operands(conv, dt, A, B, C, D, xz[:, d:], delta_bias)
             dout2d = dout.reshape(batch * length, -1).to(cdt)
             out_w = out_proj_w.to(cdt)
@@ -123,7 +124,7 @@ class _MambaInner(torch.autograd.Function):
                 # The gradient of x_proj's output: dt's part through dt_proj, then B's and C's from the scan.
                 ddelta_m = _matrix(ddelta)
                 d_dbl = torch.empty_like(x_dbl)
-                torch.mm(dt_proj_w.to(cdt).t(), ddelta_m, out=d_dbl[:rank])
+                torch.mm(dtp_w.t(), ddelta_m, out=d_dbl[:rank])
                 n = dB.shape[1]
                 _rows(d_dbl[rank:], batch).view(batch, 2, n, length).copy_(torch.stack((dB, dC), 1))
                 if needs[4]:
@@ -132,7 +133,7 @@ class _MambaInner(torch.autograd.Function):
                     d_xproj = (d_dbl @ conv_m.t()).to(x_proj_w.dtype)
                 if any(needs[:3]):
                     # The conv output's gradient: the scan's (du) plus x_proj's, summed in place.
-                    _matrix(du).addmm_(x_proj_w.to(cdt).t(), d_dbl)
+                    _matrix(du).addmm_(xp_w.t(), d_dbl)
                     _, d_conv_w, d_conv_b = causal_conv1d_backward(
                         x, conv_w.squeeze(1), conv_b, du, silu=True, dx=dxz[:, :d]
                     )
