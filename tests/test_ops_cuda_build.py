@@ -12,10 +12,11 @@ from vl_mamba.ops.scan_cuda import _aligned, supports
 from vl_mamba.ops.selective_scan import selective_scan_fn, selective_scan_ref
 
 
-def test_switch_is_opt_in(monkeypatch) -> None:
+def test_switch_is_on_unless_turned_off(monkeypatch) -> None:
     monkeypatch.delenv("VL_MAMBA_CUDA_SCAN", raising=False)
-    assert not cuda_build.enabled()
-    for value, expected in (("1", True), ("on", True), ("TRUE", True), ("0", False), ("off", False), ("", False)):
+    assert cuda_build.enabled()
+    for value, expected in (("1", True), ("on", True), ("", True), ("0", False), ("off", False), (" FALSE ", False),
+                            ("no", False)):
         monkeypatch.setenv("VL_MAMBA_CUDA_SCAN", value)
         assert cuda_build.enabled() is expected, value
 

@@ -82,7 +82,7 @@ def test_frozen_weights() -> None:
 
 
 def test_layer_dispatch(monkeypatch) -> None:
-    """A Mamba layer runs it where ``VL_MAMBA_CUDA_SCAN=1`` asks for it, with the gradients of the other path."""
+    """A Mamba layer runs it unless ``VL_MAMBA_CUDA_SCAN=0`` turns it off, with the gradients of the other path."""
     from vl_mamba.decoders.config import MambaConfig
     from vl_mamba.decoders.mamba_block import MambaMixer
 

@@ -115,11 +115,13 @@ def test_refuses_what_it_does_not_take() -> None:
     assert not supports(args[0].cpu(), args[2], args[3])
 
 
-def test_dispatch_only_when_asked(monkeypatch) -> None:
-    """``selective_scan_fn`` runs this kernel where ``VL_MAMBA_CUDA_SCAN=1`` asks for it, and not otherwise."""
+def test_dispatch_unless_turned_off(monkeypatch) -> None:
+    """``selective_scan_fn`` runs this kernel unless ``VL_MAMBA_CUDA_SCAN=0`` turns it off."""
     from vl_mamba.ops.selective_scan import selective_scan_fn
 
     args, softplus, _, _ = scan_case(2, 64, 300, 16, None, True)
+    monkeypatch.delenv("VL_MAMBA_CUDA_SCAN", raising=False)
+    assert type(selective_scan_fn(*args, delta_softplus=softplus).grad_fn).__name__ == "_CudaScanBackward"
     monkeypatch.setenv("VL_MAMBA_CUDA_SCAN", "1")
     assert type(selective_scan_fn(*args, delta_softplus=softplus).grad_fn).__name__ == "_CudaScanBackward"
     monkeypatch.setenv("VL_MAMBA_CUDA_SCAN", "0")

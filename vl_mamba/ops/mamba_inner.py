@@ -2,8 +2,9 @@
 
 ``mamba_inner_fn`` uses mamba_ssm's fused implementation (which recomputes the convolution in the backward
 instead of storing it) for CUDA tensors when both mamba_ssm and causal-conv1d are installed, and
-``mamba_inner_ref``, built from this package's own ops, otherwise. Where ``VL_MAMBA_CUDA_SCAN=1`` asks for this
-package's own CUDA scan, ``mamba_inner_cuda`` (the same plan around that scan) comes first.
+``mamba_inner_ref``, built from this package's own ops, otherwise. Where this package's own CUDA scan takes the
+operands and builds (``scan_cuda``; ``VL_MAMBA_CUDA_SCAN=0`` turns it off), ``mamba_inner_cuda``, the same plan
+around that scan, comes first.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def mamba_inner_fn(
 
 
 def _own_inner_ok(xz: Tensor, A: Tensor) -> bool:
-    """``VL_MAMBA_CUDA_SCAN=1`` asks for this package's CUDA scan, which takes these operands and builds here."""
+    """This package's CUDA scan is not turned off (``VL_MAMBA_CUDA_SCAN``), takes these operands and builds here."""
     from vl_mamba.ops import scan_cuda
 
     # The scan's operands (B and C among them) take xz's dtype, or autocast's where it is on.

@@ -30,7 +30,7 @@ def kernel_available() -> bool:
 
 
 def switched_on() -> bool:
-    """Whether ``VL_MAMBA_CUDA_SCAN=1`` asks for the kernel and it builds here (built only where asked for)."""
+    """Whether ``VL_MAMBA_CUDA_SCAN`` leaves the kernel on (the default) and it builds here (built only then)."""
     return cuda_build.enabled() and kernel_available()
 
 

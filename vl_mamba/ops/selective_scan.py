@@ -90,9 +90,9 @@ def selective_scan_fn(
     delta_softplus: bool = False,
     return_last_state: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Selective scan: mamba_ssm's CUDA kernel when it applies, else the Triton scan on CUDA (this package's own
-    CUDA kernel, ``selective_scan_cuda``, instead where ``VL_MAMBA_CUDA_SCAN=1`` asks for it and it takes the
-    operands); on the CPU the compiled kernel (``selective_scan_cpu``) where it builds, else
+    """Selective scan. On CUDA: this package's own kernel (``selective_scan_cuda``) where it takes the operands
+    and builds, unless ``VL_MAMBA_CUDA_SCAN=0`` turns it off; else mamba_ssm's kernel when it applies; else the
+    Triton scan. On the CPU: the compiled kernel (``selective_scan_cpu``) where it builds, else
     ``selective_scan_torch``.
 
     Args:
@@ -132,7 +132,7 @@ def selective_scan_fn(
 
 
 def _own_cuda_ok(u: Tensor, A: Tensor, B: Tensor) -> bool:
-    """``VL_MAMBA_CUDA_SCAN=1`` asks for this package's CUDA kernel, it takes these operands and it builds here."""
+    """This package's CUDA kernel is not turned off (``VL_MAMBA_CUDA_SCAN=0``), takes these operands and builds."""
     from vl_mamba.ops import scan_cuda
 
     return scan_cuda.supports(u, A, B) and scan_cuda.switched_on()
