@@ -98,7 +98,8 @@ def main() -> None:
     parser.add_argument("--scans", nargs="+", default=["mamba_ssm", "own"], choices=["mamba_ssm", "own"])
     parser.add_argument("--top", type=int, default=12, help="kernels listed by name, per run")
     parser.add_argument("--stacks", action="store_true",
-                        help="also list the host calls that copy tensors, with their Python stacks")
+                        help="also list the host calls that copy tensors, with their Python stacks (the host runs "
+                             "slower while it records them, so that record's idle gaps are longer than a plain step's)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     model = build("mamba", False)
