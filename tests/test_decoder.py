@@ -322,7 +322,10 @@ def test_input_errors():
 
 @pytest.mark.gpu
 @needs_cuda("mamba_ssm", "causal_conv1d")
-def test_cuda_fused_decoder_matches_cpu():
+@pytest.mark.parametrize("own_scan", ["0", "1"], ids=["mamba_ssm", "own"])
+def test_cuda_fused_decoder_matches_cpu(own_scan, monkeypatch):
+    """The decoder on mamba_ssm's fused layer body and on this package's (``VL_MAMBA_CUDA_SCAN``)."""
+    monkeypatch.setenv("VL_MAMBA_CUDA_SCAN", own_scan)
     decoder = tiny_decoder(d_model=64, d_state=16)
     gpu = copy.deepcopy(decoder).cuda()
     ids = torch.randint(0, 100, (2, 37))

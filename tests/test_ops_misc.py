@@ -178,7 +178,10 @@ def test_cuda_rms_norm_matches_ref(dtype, residual):
 
 @pytest.mark.gpu
 @needs_cuda("mamba_ssm", "causal_conv1d")
-def test_cuda_mamba_inner_matches_cpu():
+@pytest.mark.parametrize("own_scan", ["0", "1"], ids=["mamba_ssm", "own"])
+def test_cuda_mamba_inner_matches_cpu(own_scan, monkeypatch):
+    """mamba_ssm's fused layer body and this package's (``VL_MAMBA_CUDA_SCAN``) against the CPU path."""
+    monkeypatch.setenv("VL_MAMBA_CUDA_SCAN", own_scan)
     assert inner_module._cuda_inner() is not None
     inputs = inner_inputs(torch.float32, batch=2, d_model=64, d_inner=128, n=16, rank=4, length=133)
     out_cpu, grads_cpu = outputs_and_grads(mamba_inner_fn, inputs)

@@ -137,11 +137,12 @@ def test_gpu_bf16_as_close_as_mamba_ssm() -> None:
 @pytest.mark.gpu
 @needs_cuda("triton")
 def test_dispatch_takes_triton_without_mamba_ssm(monkeypatch) -> None:
-    """Where mamba_ssm is not installed, ``selective_scan_fn`` runs the Triton scan on CUDA tensors, not the
-    PyTorch one."""
+    """Where mamba_ssm is not installed (and this package's CUDA scan is turned off), ``selective_scan_fn`` runs the
+    Triton scan on CUDA tensors, not the PyTorch one."""
     from vl_mamba.ops import scan_triton
     from vl_mamba.ops import selective_scan as module
 
+    monkeypatch.setenv("VL_MAMBA_CUDA_SCAN", "0")
     monkeypatch.setattr(module, "_cuda_scan", lambda: None)
     monkeypatch.setattr(scan_triton, "CONFIG", scan_triton.ScanConfig())
     args, softplus, _, _ = scan_case(2, 64, 300, 16, None, True, 64, 4, device="cuda", dtype=torch.bfloat16)

@@ -299,6 +299,12 @@ def test_shape_errors(fn, change, message):
 
 # --- GPU: mamba_ssm's kernels against the references -------------------------------------------------------------
 
+
+@pytest.fixture
+def mamba_ssm_scan(monkeypatch):
+    """``selective_scan_fn`` on mamba_ssm's kernel: this package's own CUDA scan, first by default, turned off."""
+    monkeypatch.setenv("VL_MAMBA_CUDA_SCAN", "0")
+
 GPU_TOLERANCE = {torch.float32: 5e-4, torch.bfloat16: 3e-2}  # kernels: exp2 with a pre-scaled A, other sum orders
 
 
@@ -306,7 +312,7 @@ GPU_TOLERANCE = {torch.float32: 5e-4, torch.bfloat16: 3e-2}  # kernels: exp2 wit
 @needs_cuda("mamba_ssm")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("groups", [None, 2], ids=["B-shared", "B-grouped"])
-def test_cuda_scan_matches_ref(dtype, groups):
+def test_cuda_scan_matches_ref(dtype, groups, mamba_ssm_scan):
     assert scan_module._cuda_scan() is not None
     inputs = scan_inputs(2, 64, 301, 16, groups, dtype, param_dtype=torch.float32, device="cuda")
     # mamba_ssm does not back-propagate through the last state: the loss weighs y only.
@@ -341,7 +347,7 @@ def test_cuda_state_update_matches_ref(dtype, options):
 
 @pytest.mark.gpu
 @needs_cuda("mamba_ssm")
-def test_cuda_scan_matches_cpu_torch_path():
+def test_cuda_scan_matches_cpu_torch_path(mamba_ssm_scan):
     """The same inputs on the GPU (kernel) and on the CPU (``selective_scan_torch``), float32."""
     inputs = scan_inputs(2, 32, 129, 8, dtype=torch.float32)
     cpu_out, cpu_grads = outputs_and_grads(selective_scan_fn, inputs, delta_softplus=True)
