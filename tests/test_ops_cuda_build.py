@@ -12,11 +12,25 @@ from vl_mamba.ops.scan_cuda import _aligned, supports
 from vl_mamba.ops.selective_scan import selective_scan_fn, selective_scan_ref
 
 
-def test_switch_is_on_unless_turned_off(monkeypatch) -> None:
+def test_switch_defaults_to_the_measured_cards(monkeypatch) -> None:
+    """Unset (or empty), the switch follows the card: on from compute capability 9.0, where the kernel was
+    measured; set, it decides."""
     monkeypatch.delenv("VL_MAMBA_CUDA_SCAN", raising=False)
-    assert cuda_build.enabled()
-    for value, expected in (("1", True), ("on", True), ("", True), ("0", False), ("off", False), (" FALSE ", False),
-                            ("no", False)):
+    for capability, expected in (((9, 0), True), ((10, 0), True), ((8, 0), False)):
+        cuda_build.measured_card.cache_clear()
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, cap=capability: cap)
+        assert cuda_build.enabled() is expected, capability
+        monkeypatch.setenv("VL_MAMBA_CUDA_SCAN", "")
+        assert cuda_build.enabled() is expected, capability
+        monkeypatch.delenv("VL_MAMBA_CUDA_SCAN")
+    monkeypatch.undo()
+    cuda_build.measured_card.cache_clear()  # the real card again for the tests that follow
+
+
+def test_switch_when_set(monkeypatch) -> None:
+    for value, expected in (("1", True), ("on", True), ("TRUE", True), ("0", False), ("off", False),
+                            (" FALSE ", False), ("no", False)):
         monkeypatch.setenv("VL_MAMBA_CUDA_SCAN", value)
         assert cuda_build.enabled() is expected, value
 

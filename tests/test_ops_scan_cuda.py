@@ -116,12 +116,15 @@ def test_refuses_what_it_does_not_take() -> None:
 
 
 def test_dispatch_unless_turned_off(monkeypatch) -> None:
-    """``selective_scan_fn`` runs this kernel unless ``VL_MAMBA_CUDA_SCAN=0`` turns it off."""
+    """``selective_scan_fn`` runs this kernel unless ``VL_MAMBA_CUDA_SCAN=0`` turns it off (unset: on the cards it
+    was measured on, compute capability 9.0 and up)."""
+    from vl_mamba.ops import cuda_build
     from vl_mamba.ops.selective_scan import selective_scan_fn
 
     args, softplus, _, _ = scan_case(2, 64, 300, 16, None, True)
     monkeypatch.delenv("VL_MAMBA_CUDA_SCAN", raising=False)
-    assert type(selective_scan_fn(*args, delta_softplus=softplus).grad_fn).__name__ == "_CudaScanBackward"
+    taken = type(selective_scan_fn(*args, delta_softplus=softplus).grad_fn).__name__ == "_CudaScanBackward"
+    assert taken is cuda_build.measured_card()
     monkeypatch.setenv("VL_MAMBA_CUDA_SCAN", "1")
     assert type(selective_scan_fn(*args, delta_softplus=softplus).grad_fn).__name__ == "_CudaScanBackward"
     monkeypatch.setenv("VL_MAMBA_CUDA_SCAN", "0")

@@ -7,11 +7,12 @@ ranks starting together never load a half-written file. It needs no PyTorch head
 and torch's stream through ctypes, so a build takes seconds.
 
 ``selective_scan_fn`` and ``mamba_inner_fn`` (the layer body around it, ``mamba_inner_cuda``) use the kernel
-wherever it takes the operands and builds, unless ``VL_MAMBA_CUDA_SCAN=0`` turns it off: it is faster than
-mamba_ssm's scan at every shape measured, and the stage-2 training step with it reaches 32 % MFU against 25 % with
-mamba_ssm's layer (BENCHMARKS.md). ``selective_scan_cuda`` itself runs it whenever called. Without nvcc, or where
-the build fails, ``library()`` returns None with a warning and the dispatch keeps to mamba_ssm's kernel or the
-Triton scan.
+wherever it takes the operands and builds, on cards of compute capability 9.0 and up unless ``VL_MAMBA_CUDA_SCAN=0``
+turns it off, and on older cards where ``VL_MAMBA_CUDA_SCAN=1`` asks for it (it has been measured on H100 and H200
+only). There it is faster than mamba_ssm's scan at every shape measured, and the stage-2 training step with it
+reaches 32 % MFU against 25 % with mamba_ssm's layer (BENCHMARKS.md). ``selective_scan_cuda`` itself runs it
+whenever called. Without nvcc, or where the build fails, ``library()`` returns None with a warning and the dispatch
+keeps to mamba_ssm's kernel or the Triton scan.
 """
 
 from __future__ import annotations
@@ -56,9 +57,21 @@ class CudaScanArgs(ctypes.Structure):
 
 
 def enabled() -> bool:
-    """Whether ``selective_scan_fn`` and ``mamba_inner_fn`` may use this kernel: yes unless ``VL_MAMBA_CUDA_SCAN``
-    turns it off (0, false, no or off); read at every call."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    """Whether ``selective_scan_fn`` and ``mamba_inner_fn`` may use this kernel; read at every call.
+    ``VL_MAMBA_CUDA_SCAN`` set to 1 (true, yes, on) turns it on and 0 (false, no, off) off; unset, it is on for the
+    cards it was measured on (compute capability 9.0 and up: H100, H200) and off elsewhere."""
+    value = os.environ.get(ENV_SWITCH, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    return measured_card()
+
+
+@functools.cache
+def measured_card() -> bool:
+    """Whether device 0 is of the generation the kernel was measured faster than mamba_ssm's on (sm_90 and up)."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(0)[0] >= 9
 
 
 def nvcc_path() -> str | None:

@@ -3,8 +3,8 @@
 ``mamba_inner_fn`` uses mamba_ssm's fused implementation (which recomputes the convolution in the backward
 instead of storing it) for CUDA tensors when both mamba_ssm and causal-conv1d are installed, and
 ``mamba_inner_ref``, built from this package's own ops, otherwise. Where this package's own CUDA scan takes the
-operands and builds (``scan_cuda``; ``VL_MAMBA_CUDA_SCAN=0`` turns it off), ``mamba_inner_cuda``, the same plan
-around that scan, comes first.
+operands and builds and ``VL_MAMBA_CUDA_SCAN`` lets it (by default on compute capability 9.0 and up,
+``cuda_build.enabled``), ``mamba_inner_cuda``, the same plan around that scan, comes first.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def mamba_inner_fn(
 
 
 def _own_inner_ok(xz: Tensor, A: Tensor) -> bool:
-    """This package's CUDA scan is not turned off (``VL_MAMBA_CUDA_SCAN``), takes these operands and builds here."""
+    """``VL_MAMBA_CUDA_SCAN`` lets this package's CUDA scan run (``cuda_build.enabled``), it takes these operands
+    and it builds here."""
     from vl_mamba.ops import scan_cuda
 
     # The scan's operands (B and C among them) take xz's dtype, or autocast's where it is on.

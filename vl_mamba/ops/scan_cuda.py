@@ -30,7 +30,8 @@ def kernel_available() -> bool:
 
 
 def switched_on() -> bool:
-    """Whether ``VL_MAMBA_CUDA_SCAN`` leaves the kernel on (the default) and it builds here (built only then)."""
+    """Whether ``VL_MAMBA_CUDA_SCAN`` lets the kernel run (``cuda_build.enabled``) and it builds here (built only
+    then)."""
     return cuda_build.enabled() and kernel_available()
 
 

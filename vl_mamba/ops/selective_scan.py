@@ -91,9 +91,9 @@ def selective_scan_fn(
     return_last_state: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Selective scan. On CUDA: this package's own kernel (``selective_scan_cuda``) where it takes the operands
-    and builds, unless ``VL_MAMBA_CUDA_SCAN=0`` turns it off; else mamba_ssm's kernel when it applies; else the
-    Triton scan. On the CPU: the compiled kernel (``selective_scan_cpu``) where it builds, else
-    ``selective_scan_torch``.
+    and builds and ``VL_MAMBA_CUDA_SCAN`` lets it (by default on compute capability 9.0 and up,
+    ``cuda_build.enabled``); else mamba_ssm's kernel when it applies; else the Triton scan. On the CPU: the
+    compiled kernel (``selective_scan_cpu``) where it builds, else ``selective_scan_torch``.
 
     Args:
         u: input, (batch, dim, L).
@@ -132,7 +132,8 @@ def selective_scan_fn(
 
 
 def _own_cuda_ok(u: Tensor, A: Tensor, B: Tensor) -> bool:
-    """This package's CUDA kernel is not turned off (``VL_MAMBA_CUDA_SCAN=0``), takes these operands and builds."""
+    """``VL_MAMBA_CUDA_SCAN`` lets this package's CUDA kernel run (``cuda_build.enabled``), it takes these operands
+    and it builds here."""
     from vl_mamba.ops import scan_cuda
 
     return scan_cuda.supports(u, A, B) and scan_cuda.switched_on()
