@@ -47,15 +47,18 @@ def kind_of(name: str) -> str:
     return "other"
 
 
+def device_events(prof: torch.profiler.profile) -> list:
+    """The record's kernels, copies and fills on the GPU. User annotations on the device timeline
+    (``Optimizer.step#...``) span kernels listed already and are left out."""
+    return [e for e in prof.events()
+            if e.device_type == torch.autograd.DeviceType.CUDA and not ANNOTATION.fullmatch(e.name)]
+
+
 def kernel_times(prof: torch.profiler.profile) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Milliseconds of GPU time by kind, and [milliseconds, calls] by kernel name, from the profiler's device
-    events. User annotations on the device timeline (``Optimizer.step#...``) span kernels counted already and
-    are left out."""
+    """Milliseconds of GPU time by kind, and [milliseconds, calls] by kernel name (``device_events``)."""
     by_kind: dict[str, float] = defaultdict(float)
     by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-    for event in prof.events():
-        if event.device_type != torch.autograd.DeviceType.CUDA or ANNOTATION.fullmatch(event.name):
-            continue
+    for event in device_events(prof):
         ms = (event.time_range.end - event.time_range.start) / 1e3
         by_kind[kind_of(event.name)] += ms
         by_name[event.name][0] += ms
@@ -66,8 +69,7 @@ def kernel_times(prof: torch.profiler.profile) -> tuple[dict[str, float], dict[s
 def idle_gaps(prof: torch.profiler.profile, top: int) -> tuple[float, list[dict]]:
     """The GPU's idle time between the first and the last kernel of the record (milliseconds), and the longest
     idle gaps with the kernels on either side: where the host did not keep ahead of the GPU, or waited for it."""
-    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
-                   if e.device_type == torch.autograd.DeviceType.CUDA and not ANNOTATION.fullmatch(e.name))
+    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in device_events(prof))
     gaps, busy_until, last = [], None, ""
     for start, end, name in spans:
         if busy_until is not None and start > busy_until:

@@ -146,14 +146,20 @@ def test_mamba_inner_fn_dispatches_to_ref_on_cpu():
     assert torch.equal(mamba_inner_fn(**inputs), mamba_inner_ref(**inputs))
 
 
-def test_project_scan_inputs_shapes_and_values():
-    x = torch.randn(2, 12, 5, dtype=torch.float64)
+@pytest.mark.parametrize("channel_major", [False, True], ids=["contiguous", "channel-major"])
+def test_project_scan_inputs_shapes_and_values(channel_major):
+    """Both layouts of x; a channel-major x (stored (d, batch, L), as in_proj_channel_major gives it) comes back as
+    channel-major views of products over all tokens."""
+    x = torch.randn(12, 2, 5, dtype=torch.float64).transpose(0, 1)
+    x = x if channel_major else x.contiguous()
     x_proj, dt_proj = torch.randn(2 + 8, 12, dtype=torch.float64), torch.randn(12, 2, dtype=torch.float64)
     dt, B, C = project_scan_inputs(x, x_proj, dt_proj)
     assert dt.shape == (2, 12, 5) and B.shape == C.shape == (2, 4, 5)
     x_dbl = torch.einsum("rd,bdl->brl", x_proj, x)
     assert torch.allclose(B, x_dbl[:, 2:6]) and torch.allclose(C, x_dbl[:, 6:])
     assert torch.allclose(dt, torch.einsum("dr,brl->bdl", dt_proj, x_dbl[:, :2]))
+    if channel_major:
+        assert dt.stride() == x.stride() and B.stride() == (5, 10, 1)
 
 
 # --- GPU: mamba_ssm's fused kernels against the CPU path -----------------------------------------------------------

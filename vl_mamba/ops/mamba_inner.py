@@ -121,8 +121,31 @@ def in_proj_channel_major(hidden: Tensor, weight: Tensor, bias: Tensor | None = 
     copies it into that layout.)
     """
     batch, length, d = hidden.shape
-    xz = (weight @ hidden.reshape(batch * length, d).t()).view(-1, batch, length).transpose(0, 1)
+    xz = from_matrix(weight @ hidden.reshape(batch * length, d).t(), batch)
     return xz if bias is None else xz + bias.unsqueeze(-1).to(xz.dtype)
+
+
+def as_matrix(t: Tensor) -> Tensor:
+    """A (batch, channels, L) tensor as the (channels, batch * L) matrix; a view where t is channel-major (stored
+    as (channels, batch, L)), a copy otherwise."""
+    return t.transpose(0, 1).reshape(t.shape[1], -1)
+
+
+def from_matrix(m: Tensor, batch: int) -> Tensor:
+    """A (channels, batch * L) matrix as the channel-major (batch, channels, L) tensor it holds (a view)."""
+    return m.view(m.shape[0], batch, -1).transpose(0, 1)
+
+
+def project_matrix(
+    x_m: Tensor, x_proj_weight: Tensor, delta_proj_weight: Tensor, batch: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """x as its (d_inner, batch * L) matrix -> x_proj's output as a (rank + 2N, batch * L) matrix, and dt before bias,
+    B and C as channel-major (batch, channels, L) views of products over all tokens at once."""
+    rank = delta_proj_weight.shape[1]
+    n = (x_proj_weight.shape[0] - rank) // 2
+    x_dbl = x_proj_weight @ x_m
+    return (x_dbl, from_matrix(delta_proj_weight @ x_dbl[:rank], batch), from_matrix(x_dbl[rank : rank + n], batch),
+            from_matrix(x_dbl[rank + n :], batch))
 
 
 def project_scan_inputs(
@@ -134,18 +157,13 @@ def project_scan_inputs(
     weight broadcast by a zero stride avoid the copies that ``torch.matmul`` makes here, but cuBLAS runs them
     with slower kernels: measured slower in the prefill, ``BENCHMARKS.md``.)
     """
-    rank = delta_proj_weight.shape[1]
-    n = (x_proj_weight.shape[0] - rank) // 2
-    batch, d, length = x.shape
+    batch, _, length = x.shape
     if batch > 1 and x.stride() == (length, batch * length, 1):
         # Channel-major x (as in_proj_channel_major and the conv on its output give it) is the (d, batch * L)
         # matrix it is stored as: plain products on that matrix, and their results viewed back, copy nothing.
-        x_dbl = x_proj_weight @ x.transpose(0, 1).reshape(d, batch * length)  # (rank + 2N, batch * L)
-
-        def rows(t: Tensor) -> Tensor:
-            return t.view(t.shape[0], batch, length).transpose(0, 1)
-
-        return rows(delta_proj_weight @ x_dbl[:rank]), rows(x_dbl[rank : rank + n]), rows(x_dbl[rank + n :])
+        return project_matrix(as_matrix(x), x_proj_weight, delta_proj_weight, batch)[1:]
+    rank = delta_proj_weight.shape[1]
+    n = (x_proj_weight.shape[0] - rank) // 2
     x_dbl = torch.matmul(x_proj_weight, x)  # (batch, rank + 2N, L)
     dt, B, C = x_dbl.split([rank, n, n], dim=1)
     return torch.matmul(delta_proj_weight, dt), B, C

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from vl_mamba.ops.causal_conv1d import causal_conv1d_backward, causal_conv1d_forward
+from vl_mamba.ops.mamba_inner import as_matrix, from_matrix, project_matrix
 from vl_mamba.ops.scan_cuda import scan_backward, scan_forward, scan_operands
 
 __all__ = ["mamba_inner_cuda"]
@@ -53,28 +54,12 @@ def _channel_major(batch: int, channels: int, length: int, like: Tensor) -> Tens
     return torch.empty(channels, batch, length, device=like.device, dtype=like.dtype).transpose(0, 1)
 
 
-def _matrix(t: Tensor) -> Tensor:
-    """A (batch, channels, L) tensor as the (channels, batch * L) matrix; a view where t is channel-major."""
-    return t.transpose(0, 1).reshape(t.shape[1], -1)
-
-
-def _rows(m: Tensor, batch: int) -> Tensor:
-    """A (channels, batch * L) matrix as the (batch, channels, L) tensor it holds (a view)."""
-    return m.view(m.shape[0], batch, -1).transpose(0, 1)
-
-
 def _project(conv: Tensor, x_proj_w: Tensor, dt_proj_w: Tensor):
     """The conv's output (batch, d_inner, L) -> (its matrix, x_proj's output as a (rank + 2N, batch * L) matrix,
-    dt before bias, B, C, the two weights), all in the conv's dtype. Products over all tokens at once on the
-    channel-major matrices, which view the conv's output without copying it where it is channel-major (as the conv
-    gives it on in_proj's channel-major output)."""
-    batch, rank = conv.shape[0], dt_proj_w.shape[1]
-    n = (x_proj_w.shape[0] - rank) // 2
+    dt before bias, B, C, the two weights), all in the conv's dtype (``project_matrix``)."""
     x_proj_w, dt_proj_w = x_proj_w.to(conv.dtype), dt_proj_w.to(conv.dtype)
-    conv_m = _matrix(conv)
-    x_dbl = x_proj_w @ conv_m
-    dt = _rows(dt_proj_w @ x_dbl[:rank], batch)
-    return conv_m, x_dbl, dt, _rows(x_dbl[rank : rank + n], batch), _rows(x_dbl[rank + n :], batch), x_proj_w, dt_proj_w
+    conv_m = as_matrix(conv)
+    return (conv_m, *project_matrix(conv_m, x_proj_w, dt_proj_w, conv.shape[0]), x_proj_w, dt_proj_w)
 
 
 class _MambaInner(torch.autograd.Function):
@@ -88,7 +73,7 @@ class _MambaInner(torch.autograd.Function):
         ops = scan_operands(conv, dt, A, B, C, D, xz[:, d:], delta_bias)
         y = _channel_major(batch, d, length, conv)
         _, _, ckpt = scan_forward(ops, True, keep=True, out=y)
-        out = F.linear(_matrix(y).t(), out_proj_w)  # autocast casts the weight as for nn.Linear
+        out = F.linear(as_matrix(y).t(), out_proj_w)  # autocast casts the weight as for nn.Linear
         ctx.save_for_backward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, A, D, delta_bias, ckpt)
         return out.view(batch, length, -1)
 
@@ -110,7 +95,7 @@ class _MambaInner(torch.autograd.Function):
             dout2d = dout.reshape(batch * length, -1).to(cdt)
             out_w = out_proj_w.to(cdt)
             # dy = dout @ W_out, computed as W_out^T @ dout^T: (d_inner, batch * L), channel-major.
-            dy = _rows(out_w.t() @ dout2d.t(), batch)
+            dy = from_matrix(out_w.t() @ dout2d.t(), batch)
             dxz = _channel_major(batch, channels, length, xz)
             # du and ddelta channel-major, so that the products below read them as matrices without copies.
             du, ddelta = _channel_major(batch, d, length, conv), _channel_major(batch, d, length, conv)
@@ -118,22 +103,23 @@ class _MambaInner(torch.autograd.Function):
             _, _, dA, dB, dC, dD, _, dbias = scan_backward(
                 ops, ckpt, True, dy, None, dz=dxz[:, d:], out_z=out_z, du=du, ddelta=ddelta
             )
-            d_out_w = None if out_z is None else (dout2d.t() @ _matrix(out_z).t()).to(out_proj_w.dtype)
+            d_out_w = None if out_z is None else (dout2d.t() @ as_matrix(out_z).t()).to(out_proj_w.dtype)
             d_conv_w = d_conv_b = d_xproj = d_dtproj = None
             if any(needs[:5]):
                 # The gradient of x_proj's output: dt's part through dt_proj, then B's and C's from the scan.
-                ddelta_m = _matrix(ddelta)
+                ddelta_m = as_matrix(ddelta)
                 d_dbl = torch.empty_like(x_dbl)
                 torch.mm(dtp_w.t(), ddelta_m, out=d_dbl[:rank])
-                n = dB.shape[1]
-                _rows(d_dbl[rank:], batch).view(batch, 2, n, length).copy_(torch.stack((dB, dC), 1))
+                d_bc = from_matrix(d_dbl[rank:], batch).view(batch, 2, dB.shape[1], length)
+                d_bc[:, 0].copy_(dB)
+                d_bc[:, 1].copy_(dC)
                 if needs[4]:
                     d_dtproj = (ddelta_m @ x_dbl[:rank].t()).to(dt_proj_w.dtype)
                 if needs[3]:
                     d_xproj = (d_dbl @ conv_m.t()).to(x_proj_w.dtype)
                 if any(needs[:3]):
                     # The conv output's gradient: the scan's (du) plus x_proj's, summed in place.
-                    _matrix(du).addmm_(xp_w.t(), d_dbl)
+                    as_matrix(du).addmm_(xp_w.t(), d_dbl)
                     _, d_conv_w, d_conv_b = causal_conv1d_backward(
                         x, conv_w.squeeze(1), conv_b, du, silu=True, dx=dxz[:, :d]
                     )
