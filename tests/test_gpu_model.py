@@ -1,7 +1,10 @@
 """GPU paths of the whole model: the fused CUDA decoder against the PyTorch path, the VSS connector on
-CUDA against the CPU, and CUDA-graph generation against plain decoding. Skipped without CUDA."""
+CUDA against the CPU, CUDA-graph generation against plain decoding, and the host waiting for the GPU once in a
+training step. Skipped without CUDA."""
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
@@ -117,3 +120,35 @@ def test_scan_kernel_takes_channel_strided_inputs() -> None:
     ref, ref_last = selective_scan_ref(u.contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), D,
                                        z.contiguous(), None, True, True)
     assert _rel(out, ref) < 1e-4 and _rel(last, ref_last) < 1e-4
+
+
+def test_a_training_step_waits_for_the_gpu_once() -> None:
+    """The splice reads its numbers back in one transfer; the forward after it and the backward never wait."""
+    torch.manual_seed(0)
+    encoder = TimmViTEncoder("vit_so400m_patch14_siglip_384", img_size=56,
+                             model_kwargs=dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0))
+    model = VLMamba(encoder, VSSL2Connector(scan="bi"), MambaDecoder(d_model=64, n_layer=2, vocab_size=500),
+                    image_token_id=500).cuda()
+    ids = torch.randint(2, 500, (3, 12), device="cuda")
+    ids[:2, 3] = 500
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[2, 8:] = False
+    labels = ids.masked_fill((ids == 500) | ~mask, -100)
+    pixels, has = torch.randn(2, 3, 56, 56, device="cuda"), torch.tensor([True, True, False], device="cuda")
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(ids, pixels, labels, mask, has).loss
+        loss.backward()
+
+    step()  # kernels built and loaded
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    waits = [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+    assert len(waits) == 1 and "splicing.py" in waits[0], waits

@@ -13,13 +13,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pad_sequence
 
 from vl_mamba.connectors.base import Connector
 from vl_mamba.decoders.base import LanguageDecoder
 from vl_mamba.encoders.base import VisionEncoder
-
-IGNORE_INDEX = -100
+from vl_mamba.splicing import IGNORE_INDEX, plan_splice
 
 
 @dataclass
@@ -32,6 +30,8 @@ class MultimodalInputs:
     """(batch, L) bool, True at real positions."""
     labels: Tensor | None
     """(batch, L), IGNORE_INDEX where no loss is due."""
+    num_labels: int | None = None
+    """Labelled positions after each sample's first (those a next-token loss counts); right padding only."""
 
 
 @dataclass
@@ -102,46 +102,32 @@ class VLMamba(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         attention_mask = attention_mask.bool()
+        if input_ids.shape[1] == 0:  # one padding column, so that every gather below has a column to read
+            input_ids, attention_mask = F.pad(input_ids, (0, 1)), F.pad(attention_mask, (0, 1))
+            labels = None if labels is None else F.pad(labels, (0, 1), value=IGNORE_INDEX)
         if has_image is None:
             has_image = torch.full((batch,), pixel_values is not None, dtype=torch.bool, device=input_ids.device)
-        n_images = int(has_image.sum())
-        if n_images and (pixel_values is None or pixel_values.shape[0] != n_images):
-            got = None if pixel_values is None else pixel_values.shape[0]
-            raise ValueError(f"{n_images} samples have an image but pixel_values holds {got}")
-        visual = self.encode_images(pixel_values) if n_images else None
-        is_placeholder = None
+        # The images go to the device before the host waits for the splice's numbers (plan_splice).
+        visual = self.encode_images(pixel_values) if pixel_values is not None and len(pixel_values) else None
+        is_placeholder = torch.zeros_like(attention_mask)
         if self.image_token_id is not None:
             is_placeholder = (input_ids == self.image_token_id) & attention_mask
-        text_ids = input_ids if is_placeholder is None else input_ids.masked_fill(is_placeholder, 0)
-        text = self.decoder.embed(text_ids)
-        embeds, masks, targets = [], [], []
-        image_index = 0
-        for i in range(batch):
-            keep = attention_mask[i]
-            emb, lab = text[i][keep], None if labels is None else labels[i][keep]
-            where = [] if is_placeholder is None else is_placeholder[i][keep].nonzero().flatten().tolist()
-            if len(where) > 1:
-                raise ValueError(f"sample {i} has {len(where)} image placeholders; one image per sample is supported")
-            if has_image[i]:
-                vis = visual[image_index].to(emb.dtype)
-                image_index += 1
-                at = where[0] if where else 0
-                cut = 1 if where else 0
-                emb = torch.cat([emb[:at], vis, emb[at + cut :]])
-                if lab is not None:
-                    ignore = lab.new_full((vis.shape[0],), IGNORE_INDEX)
-                    lab = torch.cat([lab[:at], ignore, lab[at + cut :]])
-            elif where:
-                raise ValueError(f"sample {i} has an image placeholder but no image")
-            embeds.append(emb)
-            masks.append(torch.ones(emb.shape[0], dtype=torch.bool, device=emb.device))
-            if lab is not None:
-                targets.append(lab)
-        return MultimodalInputs(
-            embeds=_pad(embeds, 0.0, padding_side),
-            mask=_pad(masks, False, padding_side),
-            labels=_pad(targets, IGNORE_INDEX, padding_side) if labels is not None else None,
-        )
+        plan = plan_splice(attention_mask, is_placeholder, has_image, 0 if visual is None else visual.shape[1],
+                           labels, padding_side)
+        given = 0 if pixel_values is None else pixel_values.shape[0]
+        if plan.num_images != given:
+            raise ValueError(f"{plan.num_images} samples have an image but pixel_values holds {given}")
+        # Visual and padding positions read id 0 (a placeholder's id may lie past the embedding), then hold 0.
+        embeds = self.decoder.embed(input_ids.gather(1, plan.source).masked_fill(~plan.is_text, 0))
+        embeds = embeds.masked_fill(~plan.is_text.unsqueeze(-1), 0.0)
+        if plan.num_images:
+            flat = embeds.reshape(-1, embeds.shape[-1])
+            flat = flat.index_copy(0, plan.visual_rows, visual.reshape(-1, flat.shape[-1]).to(flat.dtype))
+            embeds = flat.view_as(embeds)
+        targets = None
+        if labels is not None:
+            targets = labels.gather(1, plan.source).masked_fill(~plan.is_text, IGNORE_INDEX)
+        return MultimodalInputs(embeds=embeds, mask=plan.mask, labels=targets, num_labels=plan.num_labels)
 
     def forward(
         self,
@@ -160,19 +146,19 @@ class VLMamba(nn.Module):
         hidden = self.decoder.forward_hidden(inputs.embeds)
         loss, num_tokens = None, 0
         if inputs.labels is not None:
-            targets = inputs.labels[:, 1:]
-            selected = targets != IGNORE_INDEX
-            num_tokens = int(selected.sum())
-            logits = self.decoder.logits(hidden[:, :-1][selected])
-            loss = F.cross_entropy(logits.float(), targets[selected], reduction="sum") / max(num_tokens, 1)
+            loss, num_tokens = self._loss(hidden, inputs.labels, inputs.num_labels), inputs.num_labels
         full = self.decoder.logits(hidden) if return_logits else None
         return VLMambaOutput(loss=loss, logits=full, num_tokens=num_tokens)
 
+    def _loss(self, hidden: Tensor, labels: Tensor, count: int) -> Tensor:
+        """Mean next-token cross-entropy over the ``count`` labelled positions of right-padded ``labels``.
 
-def _pad(seqs: list[Tensor], value: float | bool | int, side: str) -> Tensor:
-    if side == "right":
-        return pad_sequence(seqs, batch_first=True, padding_value=value)
-    if side != "left":
-        raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
-    flipped = pad_sequence([s.flip(0) for s in seqs], batch_first=True, padding_value=value)
-    return flipped.flip(1)
+        The positions are found by a stable sort rather than a boolean mask, whose result's size the host would
+        wait for; only their hidden states go through the LM head."""
+        batch, length = labels.shape
+        labelled = (labels[:, 1:] != IGNORE_INDEX).flatten()
+        order = torch.sort((~labelled).to(torch.uint8), stable=True).indices[:count]  # row-major (sample, position)
+        rows = order + order // max(length - 1, 1)  # (sample, position) over L - 1 columns -> sample * L + position
+        logits = self.decoder.logits(hidden.reshape(batch * length, -1).index_select(0, rows))
+        targets = labels.flatten().index_select(0, rows + 1)
+        return F.cross_entropy(logits.float(), targets, reduction="sum") / max(count, 1)

@@ -1,7 +1,8 @@
 """``mamba_inner_cuda``: the Mamba-1 layer body (conv, projections, scan, gate, out_proj) around this package's own
 CUDA scan (``scan_cuda``), with mamba_ssm's memory plan.
 
-The forward keeps in_proj's output, the weights and the scan's saved states (a float32 state every 32 steps,
+The forward keeps in_proj's output, the weights as its products read them (their bf16 copies under bf16
+autocast, so that the backward does not cast them again) and the scan's saved states (a float32 state every 32 steps,
 as large as a bf16 input at 16 states); the backward recomputes the convolution and the projections from it, as
 mamba_ssm's ``mamba_inner_fn`` does, and has the scan's backward write y again for out_proj's weight gradient
 instead of keeping it. y, the gradient of y and the gradient of in_proj's output are laid out channel-major,
@@ -69,31 +70,37 @@ class _MambaInner(torch.autograd.Function):
         batch, channels, length = xz.shape
         d = channels // 2
         conv = causal_conv1d_forward(xz[:, :d], conv_w.squeeze(1), conv_b, silu=True)
-        _, _, dt, B, C, _, _ = _project(conv, x_proj_w, dt_proj_w)
+        _, _, dt, B, C, xp_w, dtp_w = _project(conv, x_proj_w, dt_proj_w)
         ops = scan_operands(conv, dt, A, B, C, D, xz[:, d:], delta_bias)
         y = _channel_major(batch, d, length, conv)
         _, _, ckpt = scan_forward(ops, True, keep=True, out=y)
-        out = F.linear(as_matrix(y).t(), out_proj_w)  # autocast casts the weight as for nn.Linear
-        ctx.save_for_backward(xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, A, D, delta_bias, ckpt)
+        # out_proj in the dtype autocast gives nn.Linear (the activations' otherwise). The three weights are kept
+        # for the backward as the products read them, so that the backward does not cast them again.
+        out_dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else y.dtype
+        out_w = out_proj_w.to(out_dtype)
+        out = F.linear(as_matrix(y).t().to(out_dtype), out_w)
+        ctx.weight_dtypes = (x_proj_w.dtype, dt_proj_w.dtype, out_proj_w.dtype)
+        ctx.save_for_backward(xz, conv_w, conv_b, xp_w, dtp_w, out_w, A, D, delta_bias, ckpt)
         return out.view(batch, length, -1)
 
     @staticmethod
     @once_differentiable
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dout):
-        xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, A, D, delta_bias, ckpt = ctx.saved_tensors
+        xz, conv_w, conv_b, xp_w, dtp_w, out_w, A, D, delta_bias, ckpt = ctx.saved_tensors
+        xp_dtype, dtp_dtype, out_dtype = ctx.weight_dtypes
         needs = ctx.needs_input_grad
         batch, channels, length = xz.shape
-        d, rank = channels // 2, dt_proj_w.shape[1]
+        d, rank = channels // 2, dtp_w.shape[1]
         x = xz[:, :d]
         # The conv and the projections again, from in_proj's output (mamba_ssm's memory plan).
         conv = causal_conv1d_forward(x, conv_w.squeeze(1), conv_b, silu=True)
         cdt = conv.dtype
         with torch.autocast(xz.device.type, enabled=False):  # every product below in the activations' dtype
-            conv_m, x_dbl, dt, B, C, xp_w, dtp_w = _project(conv, x_proj_w, dt_proj_w)
+            conv_m, x_dbl, dt, B, C, xp_w, dtp_w = _project(conv, xp_w, dtp_w)
             ops = scan_operands(conv, dt, A, B, C, D, xz[:, d:], delta_bias)
             dout2d = dout.reshape(batch * length, -1).to(cdt)
-            out_w = out_proj_w.to(cdt)
+            out_w = out_w.to(cdt)
             # dy = dout @ W_out, computed as W_out^T @ dout^T: (d_inner, batch * L), channel-major.
             dy = from_matrix(out_w.t() @ dout2d.t(), batch)
             dxz = _channel_major(batch, channels, length, xz)
@@ -103,7 +110,7 @@ class _MambaInner(torch.autograd.Function):
             _, _, dA, dB, dC, dD, _, dbias = scan_backward(
                 ops, ckpt, True, dy, None, dz=dxz[:, d:], out_z=out_z, du=du, ddelta=ddelta
             )
-            d_out_w = None if out_z is None else (dout2d.t() @ as_matrix(out_z).t()).to(out_proj_w.dtype)
+            d_out_w = None if out_z is None else (dout2d.t() @ as_matrix(out_z).t()).to(out_dtype)
             d_conv_w = d_conv_b = d_xproj = d_dtproj = None
             if any(needs[:5]):
                 # The gradient of x_proj's output: dt's part through dt_proj, then B's and C's from the scan.
@@ -114,9 +121,9 @@ class _MambaInner(torch.autograd.Function):
                 d_bc[:, 0].copy_(dB)
                 d_bc[:, 1].copy_(dC)
                 if needs[4]:
-                    d_dtproj = (ddelta_m @ x_dbl[:rank].t()).to(dt_proj_w.dtype)
+                    d_dtproj = (ddelta_m @ x_dbl[:rank].t()).to(dtp_dtype)
                 if needs[3]:
-                    d_xproj = (d_dbl @ conv_m.t()).to(x_proj_w.dtype)
+                    d_xproj = (d_dbl @ conv_m.t()).to(xp_dtype)
                 if any(needs[:3]):
                     # The conv output's gradient: the scan's (du) plus x_proj's, summed in place.
                     as_matrix(du).addmm_(xp_w.t(), d_dbl)
