@@ -20,11 +20,9 @@ import warnings
 from collections import Counter
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks.common import report
 from benchmarks.train_step import build, make_batch
-from vl_mamba.model import IGNORE_INDEX
 from vl_mamba.training.optim import param_groups
 from vl_mamba.training.stages import apply_stage
 
@@ -98,13 +96,7 @@ def measure_step(model, optimizer, data: dict, phases: Phases, group: int) -> No
             hidden, residual = phases.run(f"LM layers {first}-{min(first + group, len(layers)) - 1}", forward)
         hidden = phases.run("norm_f", lambda: decoder.backbone.norm_f(hidden, residual, True)[0])
 
-        def loss_fn():
-            targets = inputs.labels[:, 1:]
-            selected = targets != IGNORE_INDEX
-            logits = decoder.logits(hidden[:, :-1][selected])
-            return F.cross_entropy(logits.float(), targets[selected])
-
-        loss = phases.run("loss", loss_fn)
+        loss = phases.run("loss", lambda: model._loss(hidden, inputs.labels, inputs.num_labels))
     phases.run("backward", loss.backward)
     phases.run("optimizer step", lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True)))
 

@@ -135,10 +135,30 @@ def test_in_proj_channel_major_is_the_product_in_the_scan_layout(batch, bias):
         assert xz.stride() == (5, batch * 5, 1)
     torch.testing.assert_close(xz, expected, rtol=1e-12, atol=1e-12)
     upstream = torch.randn(batch, 8, 5, generator=gen, dtype=torch.float64)
-    grads = torch.autograd.grad((xz * upstream).sum(), (hidden, weight))
-    grads_ref = torch.autograd.grad((expected * upstream).sum(), (hidden, weight))
+    inputs = (hidden, weight, b) if bias else (hidden, weight)
+    grads = torch.autograd.grad((xz * upstream).sum(), inputs)
+    grads_ref = torch.autograd.grad((expected * upstream).sum(), inputs)
     for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_in_proj_channel_major_under_autocast_as_linear():
+    """bf16 autocast: the product in bf16 as nn.Linear's, the float32 weight's and bias's gradients in float32,
+    and the input's gradient in its own dtype and layout."""
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 16, 24, generator=gen).requires_grad_()
+    weight, b = torch.randn(32, 24, generator=gen).requires_grad_(), torch.randn(32, generator=gen).requires_grad_()
+    upstream = torch.randn(2, 32, 16, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        xz = in_proj_channel_major(hidden, weight, b)
+        expected = F.linear(hidden, weight, b).transpose(1, 2)
+    assert xz.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(xz.float(), expected.float(), rtol=2e-2, atol=2e-2)  # the bias added after rounding
+    grads = torch.autograd.grad((xz.float() * upstream).sum(), (hidden, weight, b))
+    grads_ref = torch.autograd.grad((expected.float() * upstream).sum(), (hidden, weight, b))
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        assert g.dtype == g_ref.dtype == torch.float32 and g.stride() == g_ref.stride()
+        torch.testing.assert_close(g, g_ref, rtol=2e-2, atol=2e-2)
 
 
 def test_mamba_inner_fn_dispatches_to_ref_on_cpu():

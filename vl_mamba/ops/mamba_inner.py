@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vl_mamba.ops.causal_conv1d import causal_conv1d_fn
+from vl_mamba.ops.channel_major import as_matrix, in_proj_channel_major, project_matrix
 from vl_mamba.ops.selective_scan import selective_scan_fn
 
 __all__ = ["in_proj_channel_major", "mamba_inner_fn", "mamba_inner_ref", "project_scan_inputs"]
@@ -110,42 +111,6 @@ def mamba_inner_ref(
     dt, B, C = project_scan_inputs(x, x_proj_weight, delta_proj_weight)
     y = selective_scan_fn(x, dt, A, B, C, D, z, delta_bias=delta_bias, delta_softplus=True)
     return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
-
-
-def in_proj_channel_major(hidden: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """in_proj into the scan's layout: hidden (batch, L, d) -> (batch, out, L) with L the unit-stride axis.
-
-    One product over all tokens, ``weight @ hidden^T`` of shape (out, batch * L), viewed (not copied) as
-    (batch, out, L): its batch stride is L and its channel stride batch * L, which the conv and scan kernels take
-    as they are. (``torch.matmul(weight, hidden.transpose(1, 2))`` computes the same product row-major and then
-    copies it into that layout.)
-    """
-    batch, length, d = hidden.shape
-    xz = from_matrix(weight @ hidden.reshape(batch * length, d).t(), batch)
-    return xz if bias is None else xz + bias.unsqueeze(-1).to(xz.dtype)
-
-
-def as_matrix(t: Tensor) -> Tensor:
-    """A (batch, channels, L) tensor as the (channels, batch * L) matrix; a view where t is channel-major (stored
-    as (channels, batch, L)), a copy otherwise."""
-    return t.transpose(0, 1).reshape(t.shape[1], -1)
-
-
-def from_matrix(m: Tensor, batch: int) -> Tensor:
-    """A (channels, batch * L) matrix as the channel-major (batch, channels, L) tensor it holds (a view)."""
-    return m.view(m.shape[0], batch, -1).transpose(0, 1)
-
-
-def project_matrix(
-    x_m: Tensor, x_proj_weight: Tensor, delta_proj_weight: Tensor, batch: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """x as its (d_inner, batch * L) matrix -> x_proj's output as a (rank + 2N, batch * L) matrix, and dt before bias,
-    B and C as channel-major (batch, channels, L) views of products over all tokens at once."""
-    rank = delta_proj_weight.shape[1]
-    n = (x_proj_weight.shape[0] - rank) // 2
-    x_dbl = x_proj_weight @ x_m
-    return (x_dbl, from_matrix(delta_proj_weight @ x_dbl[:rank], batch), from_matrix(x_dbl[rank : rank + n], batch),
-            from_matrix(x_dbl[rank + n :], batch))
 
 
 def project_scan_inputs(

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from vl_mamba.ops.causal_conv1d import causal_conv1d_backward, causal_conv1d_forward
-from vl_mamba.ops.mamba_inner import as_matrix, from_matrix, project_matrix
+from vl_mamba.ops.channel_major import as_matrix, from_matrix, project_matrix, weight_grad
 from vl_mamba.ops.scan_cuda import scan_backward, scan_forward, scan_operands
 
 __all__ = ["mamba_inner_cuda"]
@@ -110,7 +110,7 @@ class _MambaInner(torch.autograd.Function):
             _, _, dA, dB, dC, dD, _, dbias = scan_backward(
                 ops, ckpt, True, dy, None, dz=dxz[:, d:], out_z=out_z, du=du, ddelta=ddelta
             )
-            d_out_w = None if out_z is None else (dout2d.t() @ as_matrix(out_z).t()).to(out_dtype)
+            d_out_w = None if out_z is None else weight_grad(dout2d.t(), as_matrix(out_z).t(), out_dtype)
             d_conv_w = d_conv_b = d_xproj = d_dtproj = None
             if any(needs[:5]):
                 # The gradient of x_proj's output: dt's part through dt_proj, then B's and C's from the scan.
@@ -121,9 +121,9 @@ class _MambaInner(torch.autograd.Function):
                 d_bc[:, 0].copy_(dB)
                 d_bc[:, 1].copy_(dC)
                 if needs[4]:
-                    d_dtproj = (ddelta_m @ x_dbl[:rank].t()).to(dtp_dtype)
+                    d_dtproj = weight_grad(ddelta_m, x_dbl[:rank].t(), dtp_dtype)
                 if needs[3]:
-                    d_xproj = (d_dbl @ conv_m.t()).to(xp_dtype)
+                    d_xproj = weight_grad(d_dbl, conv_m.t(), xp_dtype)
                 if any(needs[:3]):
                     # The conv output's gradient: the scan's (du) plus x_proj's, summed in place.
                     as_matrix(du).addmm_(xp_w.t(), d_dbl)
