@@ -125,7 +125,7 @@ def main() -> None:
         step_ms = timing["median_ms"]
         row = {"scan": scan, "seq": args.seq, "batch": args.batch, "stage": args.stage, "step_ms": step_ms,
                "MFU_%": 100 * flops / (step_ms / 1e3) / (H100_BF16_DENSE_TFLOPS * 1e12), "peak_GiB": peak_gib(),
-               "kernels_ms": sum(by_kind.values()), "idle_ms": idle_ms}
+               "kernels_ms": sum(by_kind.values()), "idle_ms": idle_ms, "device_events": len(device_events(prof))}
         row.update({f"{kind} ms": ms for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1])})
         rows.append(row)
         top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[: args.top]
@@ -139,7 +139,8 @@ def main() -> None:
     if copies:
         report("host calls that copy tensors", copies, ["scan", "op", "ms", "calls", "shapes", "stack"], None)
     kinds = [k for k, _ in KINDS] + ["other"]
-    report(title, rows, ["scan", "step_ms", "MFU_%", "peak_GiB", "kernels_ms", "idle_ms", *(f"{k} ms" for k in kinds)],
+    report(title, rows, ["scan", "step_ms", "MFU_%", "peak_GiB", "kernels_ms", "idle_ms", "device_events",
+           *(f"{k} ms" for k in kinds)],
            None)
 
 
