@@ -32,6 +32,32 @@ def time_cuda(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10) -> dict
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
 
 
+def sleep_cycles(ms: float) -> int:
+    """Cycles of ``torch.cuda._sleep`` that hold the GPU for about ``ms`` milliseconds."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(10_000_000)
+    end.record()
+    torch.cuda.synchronize()
+    return int(10_000_000 * ms / start.elapsed_time(end))
+
+
+def held_call(fn: Callable[[], Any], cycles: int) -> tuple[Any, float, float]:
+    """``fn``'s result, the GPU's milliseconds for its work and the host's milliseconds to issue it, issued while a
+    sleep of ``cycles`` holds the GPU: the host never waits for earlier work (unless ``fn`` itself synchronises),
+    and the GPU runs ``fn``'s kernels back to back."""
+    torch.cuda.synchronize()
+    torch.cuda._sleep(cycles)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    t0 = time.perf_counter()
+    result = fn()
+    host_ms = (time.perf_counter() - t0) * 1e3
+    end.record()
+    torch.cuda.synchronize()
+    return result, start.elapsed_time(end), host_ms
+
+
 def profile_cuda(fn: Callable[[], Any], warmup: int = 3, stacks: bool = False) -> torch.profiler.profile:
     """A torch.profiler record (CUDA kernels and host calls) of one call of ``fn``, after ``warmup`` calls; with
     ``stacks``, also the input shapes and Python stacks of the host calls."""

@@ -1,7 +1,7 @@
 """The frozen vision encoder's forward (no gradients, as in both training stages) with its weights kept in float32
 under bf16 autocast, against bf16 weights (with and without autocast): the time of a call (CUDA events), the GPU's
 time alone and the host's time to issue it (issued while a sleep kernel holds the GPU, as in
-``benchmarks.host_overhead``), and the output's difference from the float32-weight run.
+``benchmarks.common.held_call``), and the output's difference from the float32-weight run.
 
     python -m benchmarks.encoder_precision --batch 4 --out benchmarks/results/encoder_precision.json
 """
@@ -11,30 +11,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import time
 
 import torch
 
-from benchmarks.common import rel_err, report, time_cuda
-from benchmarks.host_overhead import sleep_cycles
+from benchmarks.common import held_call, rel_err, report, sleep_cycles, time_cuda
 from vl_mamba.encoders import TimmViTEncoder
 
 
 def held(fn, cycles: int, repeats: int = 5) -> tuple[float, float]:
     """Medians of the GPU's time for ``fn`` and the host's time to issue it, with the GPU held by a sleep."""
-    gpu, host = [], []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        torch.cuda._sleep(cycles)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        t0 = time.perf_counter()
-        fn()
-        host.append((time.perf_counter() - t0) * 1e3)
-        end.record()
-        torch.cuda.synchronize()
-        gpu.append(start.elapsed_time(end))
-    return statistics.median(gpu), statistics.median(host)
+    calls = [held_call(fn, cycles) for _ in range(repeats)]
+    return statistics.median(c[1] for c in calls), statistics.median(c[2] for c in calls)
 
 
 def main() -> None:

@@ -15,26 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 import warnings
 from collections import Counter
 
 import torch
 
-from benchmarks.common import report
+from benchmarks.common import held_call, report, sleep_cycles
 from benchmarks.train_step import build, make_batch
 from vl_mamba.training.optim import param_groups
 from vl_mamba.training.stages import apply_stage
-
-
-def sleep_cycles(ms: float) -> int:
-    """Cycles of ``torch.cuda._sleep`` that hold the GPU for about ``ms`` milliseconds."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    torch.cuda._sleep(10_000_000)
-    end.record()
-    torch.cuda.synchronize()
-    return int(10_000_000 * ms / start.elapsed_time(end))
 
 
 class Phases:
@@ -47,26 +36,24 @@ class Phases:
         self.syncs: Counter = Counter()
 
     def run(self, name: str, fn):
-        torch.cuda.synchronize()
-        torch.cuda._sleep(self.cycles)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            t0 = time.perf_counter()
-            result = fn()
-            host_ms = (time.perf_counter() - t0) * 1e3
-            torch.cuda.set_sync_debug_mode("default")
-        end.record()
-        torch.cuda.synchronize()
+            result, gpu_ms, host_ms = held_call(lambda: _warning_on_syncs(fn), self.cycles)
         sites = [str(w.message).splitlines()[0][:60] + " @ " + _site(w) for w in caught
                  if "synchroniz" in str(w.message)]
         for site in sites:
             self.syncs[(name, site)] += 1
-        self.rows.append({"phase": name, "host_ms": host_ms, "gpu_ms": start.elapsed_time(end), "syncs": len(sites),
+        self.rows.append({"phase": name, "host_ms": host_ms, "gpu_ms": gpu_ms, "syncs": len(sites),
                           "host_waited": host_ms > 0.8 * self.hold_ms})
         return result
+
+
+def _warning_on_syncs(fn):
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        return fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def _site(w: warnings.WarningMessage) -> str:
