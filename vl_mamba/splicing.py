@@ -20,7 +20,7 @@ IGNORE_INDEX = -100
 
 @dataclass
 class SplicePlan:
-    """Index tensors of a spliced batch of ``length`` positions."""
+    """Index tensors of a spliced batch of L positions."""
 
     source: Tensor
     """(batch, L) long: the column of the text a text position takes (0 elsewhere)."""
@@ -35,10 +35,6 @@ class SplicePlan:
     num_labels: int | None
     """Positions after each sample's first whose label is not ``IGNORE_INDEX`` (what a next-token loss over the
     right-padded batch counts); None without labels, or for left padding."""
-
-    @property
-    def length(self) -> int:
-        return self.mask.shape[1]
 
 
 def plan_splice(

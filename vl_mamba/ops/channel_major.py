@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["as_matrix", "from_matrix", "in_proj_channel_major", "project_matrix", "weight_grad"]
+__all__ = ["as_matrix", "compute_dtype", "from_matrix", "in_proj_channel_major", "project_matrix", "weight_grad"]
 
 
 def as_matrix(t: Tensor) -> Tensor:
@@ -39,6 +39,12 @@ def project_matrix(
     x_dbl = x_proj_weight @ x_m
     return (x_dbl, from_matrix(delta_proj_weight @ x_dbl[:rank], batch), from_matrix(x_dbl[rank : rank + n], batch),
             from_matrix(x_dbl[rank + n :], batch))
+
+
+def compute_dtype(t: Tensor) -> torch.dtype:
+    """The dtype a product on ``t`` runs in: autocast's where autocast is on for ``t``'s device, else ``t``'s."""
+    device = t.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else t.dtype
 
 
 @functools.cache
@@ -75,11 +81,10 @@ class _InProj(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias):
         batch, length, d = hidden.shape
-        device = hidden.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        dtype = compute_dtype(hidden)
         x = hidden.reshape(batch * length, d).to(dtype)
         w = weight.to(dtype)
-        with torch.autocast(device, enabled=False):
+        with torch.autocast(hidden.device.type, enabled=False):
             out = w @ x.t()
             if bias is not None:
                 out += bias.to(dtype).unsqueeze(-1)

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from vl_mamba.ops.causal_conv1d import causal_conv1d_backward, causal_conv1d_forward
-from vl_mamba.ops.channel_major import as_matrix, from_matrix, project_matrix, weight_grad
+from vl_mamba.ops.channel_major import as_matrix, compute_dtype, from_matrix, project_matrix, weight_grad
 from vl_mamba.ops.scan_cuda import scan_backward, scan_forward, scan_operands
 
 __all__ = ["mamba_inner_cuda"]
@@ -76,7 +76,7 @@ class _MambaInner(torch.autograd.Function):
         _, _, ckpt = scan_forward(ops, True, keep=True, out=y)
         # out_proj in the dtype autocast gives nn.Linear (the activations' otherwise). The three weights are kept
         # for the backward as the products read them, so that the backward does not cast them again.
-        out_dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else y.dtype
+        out_dtype = compute_dtype(y)
         out_w = out_proj_w.to(out_dtype)
         out = F.linear(as_matrix(y).t().to(out_dtype), out_w)
         ctx.weight_dtypes = (x_proj_w.dtype, dt_proj_w.dtype, out_proj_w.dtype)
