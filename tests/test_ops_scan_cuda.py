@@ -129,3 +129,26 @@ def test_dispatch_unless_turned_off(monkeypatch) -> None:
     assert type(selective_scan_fn(*args, delta_softplus=softplus).grad_fn).__name__ == "_CudaScanBackward"
     monkeypatch.setenv("VL_MAMBA_CUDA_SCAN", "0")
     assert type(selective_scan_fn(*args, delta_softplus=softplus).grad_fn).__name__ != "_CudaScanBackward"
+
+
+@pytest.mark.parametrize("batch,nstate,length,dtype", [(2, 16, 2048, torch.float32), (3, 5, 4099, torch.bfloat16),
+                                                       (1, 1, 3, torch.float16), (2049, 16, 3, torch.float32)])
+def test_block_sums(batch, nstate, length, dtype) -> None:
+    """The backward's partial dB and dC summed over blocks, into a strided destination of any dtype: torch's sum,
+    the same bits on every run (a fixed order), and the rows past ``nstate`` left out; past the kernel's grid
+    (batch 2049) torch sums them."""
+    from vl_mamba.ops.scan_cuda import _sum_blocks
+
+    g = torch.Generator().manual_seed(length)
+    part = torch.randn(batch, 7, 2, 16, length, generator=g).cuda()
+    store = torch.empty(2, nstate, batch, length + 5, device="cuda", dtype=dtype)
+    out = store[..., 5:].permute(2, 0, 1, 3)  # (batch, 2, nstate, L) with L unit-stride, the rest not
+    got = _sum_blocks(part, nstate, out)
+    assert got.data_ptr() == out.data_ptr()
+    want = part[:, :, :, :nstate].double().sum(1)
+    assert rel_err(got, want) < (1e-6 if dtype == torch.float32 else 1e-2)
+    again = _sum_blocks(part, nstate, torch.empty_like(out))
+    assert torch.equal(got, again)
+    assert _sum_blocks(part, nstate, None).dtype == torch.float32
+    with pytest.raises(ValueError, match="dbc"):
+        _sum_blocks(part, nstate, torch.empty(batch, 2, nstate + 1, length, device="cuda"))

@@ -118,4 +118,7 @@ def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     lib.vl_cuda_scan.argtypes = [ctypes.POINTER(CudaScanArgs), ctypes.c_int, ctypes.c_void_p]
     lib.vl_cuda_scan.restype = ctypes.c_int
+    lib.vl_cuda_scan_sum.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 4, ctypes.c_void_p, ctypes.c_int,
+                                     ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p]
+    lib.vl_cuda_scan_sum.restype = ctypes.c_int
     return lib

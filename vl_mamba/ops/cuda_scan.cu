@@ -12,8 +12,8 @@
 // are issued into registers before the current tile is scanned, so that they arrive meanwhile.
 //
 // The gradients of B and C sum over channels: within a warp's 8 channels by a reduce-scatter of shuffles, across
-// the block's warps in shared memory once per tile, across blocks by the caller (a float32 buffer of one partial
-// sum per block, summed by torch).
+// the block's warps in shared memory once per tile, across blocks by `sum_partials` (from a float32 buffer of one
+// partial sum per block).
 //
 // The forward keeps the state at the start of every TILE steps (float32, (batch, dim, chunks, 16), thread q's four
 // states at [4q, 4q + 4)). The backward walks the chunks from the last: it replays a chunk from its saved state,
@@ -569,6 +569,51 @@ static int launch_w(const vl_cuda_scan_args *p, int backward, cudaStream_t strea
         case 2: return launch<TI, __half>(p, backward, stream);
     }
     return -1;
+}
+
+// The backward's partial dB and dC summed over its blocks, in order (so the sums do not change from run to run):
+// part (batch, blocks, 2, MAX_STATES, length) float32 -> out (batch, 2, nstate, length) with strides so (length's
+// stride 1), in out_dtype. A thread sums four consecutive steps of one row.
+template <typename T>
+__global__ void __launch_bounds__(128) sum_partials(const float *part, int64_t blocks, int64_t nstate, int64_t length,
+                                                     T *out, int64_t s0, int64_t s1, int64_t s2) {
+    const int64_t t = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+    if (t >= length) return;
+    const int64_t row = blockIdx.y, x = (row / nstate) % 2, n = row % nstate, b = row / (2 * nstate);
+    const int64_t step = 2 * MAX_STATES * length;
+    const float *src = part + ((b * blocks * 2 + x) * MAX_STATES + n) * length + t;
+    float v[4] = {0.f, 0.f, 0.f, 0.f};
+    if (length % 4 == 0) {
+#pragma unroll 8
+        for (int64_t k = 0; k < blocks; ++k) {
+            const float4 a = *reinterpret_cast<const float4 *>(src + k * step);
+            v[0] += a.x; v[1] += a.y; v[2] += a.z; v[3] += a.w;
+        }
+    } else {
+        for (int64_t k = 0; k < blocks; ++k)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                if (t + j < length) v[j] += src[k * step + j];
+    }
+    T *dst = out + b * s0 + x * s1 + n * s2 + t;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+        if (t + j < length) dst[j] = from_f<T>(v[j]);
+}
+
+extern "C" int vl_cuda_scan_sum(const float *part, int64_t batch, int64_t blocks, int64_t nstate, int64_t length,
+                                void *out, int out_dtype, const int64_t *strides, void *stream) {
+    if (batch == 0 || length == 0) return 0;
+    const dim3 grid((unsigned)((length + 4 * 128 - 1) / (4 * 128)), (unsigned)(batch * 2 * nstate));
+    const cudaStream_t s = (cudaStream_t)stream;
+    const int64_t s0 = strides[0], s1 = strides[1], s2 = strides[2];
+    switch (out_dtype) {
+        case 0: sum_partials<<<grid, 128, 0, s>>>(part, blocks, nstate, length, (float *)out, s0, s1, s2); break;
+        case 1: sum_partials<<<grid, 128, 0, s>>>(part, blocks, nstate, length, (__nv_bfloat16 *)out, s0, s1, s2); break;
+        case 2: sum_partials<<<grid, 128, 0, s>>>(part, blocks, nstate, length, (__half *)out, s0, s1, s2); break;
+        default: return -1;
+    }
+    return (int)cudaGetLastError();
 }
 
 extern "C" int vl_cuda_scan(const vl_cuda_scan_args *p, int backward, void *stream) {

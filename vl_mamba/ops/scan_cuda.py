@@ -162,14 +162,15 @@ def scan_forward(ops: tuple, softplus: bool, keep: bool, out: Tensor | None = No
 
 def scan_backward(ops: tuple, ckpt: Tensor, softplus: bool, dout: Tensor | None, dlast: Tensor | None,
                   dz: Tensor | None = None, out_z: Tensor | None = None, du: Tensor | None = None,
-                  ddelta: Tensor | None = None) -> tuple:
+                  ddelta: Tensor | None = None, dbc: Tensor | None = None) -> tuple:
     """The kernel's backward: (du, ddelta, dA, dB, dC, dD, dz, dbias), dB and dC float32 (batch, N, L), dA, dD
     and dbias float32, the rest in u's dtype.
 
     ``dout``, the gradient of y, may have any strides with L's unit. ``du``, ``ddelta`` and ``dz`` (optional) are
     where those gradients go (new contiguous tensors otherwise); ``out_z`` (optional) receives y again, as the
     forward gave it (for out_proj's weight gradient without keeping y). All four: (batch, dim, L) in u's dtype,
-    any strides with L's unit.
+    any strides with L's unit. ``dbc`` (optional, (batch, 2, N, L), any dtype, unit stride along L) receives dB and
+    dC, summed straight into it; dB and dC are then its two halves.
     """
     u, delta, A, B, C, D, z, bias = ops
     batch, dim, length = u.shape
@@ -197,8 +198,28 @@ def scan_backward(ops: tuple, ckpt: Tensor, softplus: bool, dout: Tensor | None,
     args.sdu[:], args.sddelta[:] = du.stride()[:2], ddelta.stride()[:2]
     args.sout[:] = (0, 0) if out_z is None else out_z.stride()[:2]
     _launch(args, True, u.device)
-    sums = dBC[:, :, :, : A.shape[1]].sum(1)  # (batch, 2, n, L)
+    sums = _sum_blocks(dBC, A.shape[1], dbc)
     return du, ddelta, dA, sums[:, 0], sums[:, 1], dD, dz, dbias
+
+
+def _sum_blocks(part: Tensor, nstate: int, out: Tensor | None) -> Tensor:
+    """The backward's partial dB and dC, (batch, blocks, 2, STATES, L) float32, summed over the blocks in a fixed
+    order into ``out`` ((batch, 2, nstate, L), float32 where not given; any dtype, unit stride along L)."""
+    batch, blocks, _, _, length = part.shape
+    if out is None:
+        out = torch.empty(batch, 2, nstate, length, device=part.device, dtype=torch.float32)
+    if out.shape != (batch, 2, nstate, length) or out.stride(-1) != 1 or out.dtype not in cuda_build.DTYPES:
+        raise ValueError(f"dbc must be ({batch}, 2, {nstate}, {length}) with unit stride along L, got "
+                         f"{tuple(out.shape)} {out.dtype} strides {out.stride()}")
+    if batch * 2 * nstate > 65535:  # more rows than the kernel's grid takes
+        return out.copy_(part[:, :, :, :nstate].sum(1))
+    strides = (ctypes.c_int64 * 3)(*out.stride()[:3])
+    stream = torch.cuda.current_stream(part.device).cuda_stream
+    code = cuda_build.library().vl_cuda_scan_sum(part.data_ptr(), batch, blocks, nstate, length, out.data_ptr(),
+                                                 cuda_build.DTYPES[out.dtype], strides, ctypes.c_void_p(stream))
+    if code != 0:
+        raise RuntimeError(f"the selective scan's dB and dC sum failed to launch (error {code})")
+    return out
 
 
 class _CudaScan(torch.autograd.Function):
