@@ -167,6 +167,10 @@ def test_config_clash_and_missing_sizes(tmp_path):
     MambaDecoder(pretrained=str(tmp_path), d_model=32, vocab_size=100)  # agreeing values are fine
     with pytest.raises(ValueError, match="needs n_layer when no pretrained"):
         MambaDecoder(d_model=32)
+    with pytest.raises(ValueError, match="checkpoint_lvl must be 0 or 1"):
+        MambaDecoder(d_model=32, n_layer=1, checkpoint_lvl=-1)
+    kept = MambaDecoder(pretrained=str(tmp_path), checkpoint_lvl=0)
+    assert [layer.mixer.checkpoint_lvl for layer in kept.backbone.layers] == [0, 0]
 
 
 def test_step_decoding_equals_full_forward():

@@ -4,6 +4,9 @@ of its vector loads, the fallbacks of ``selective_scan_fn`` and ``mamba_inner_fn
 
 from __future__ import annotations
 
+import functools
+import itertools
+
 import torch
 from _helpers import rel_err
 
@@ -77,7 +80,7 @@ def _scan_forward_ref(ops, softplus, keep, out=None):
     return out, last, torch.empty(0)
 
 
-def _scan_backward_ref(ops, ckpt, softplus, dout, dlast, dz=None, out_z=None, du=None, ddelta=None):
+def _scan_backward_ref(ops, ckpt, softplus, dout, dlast, dz=None, out_z=None, du=None, ddelta=None, dbc=None):
     """``scan_cuda.scan_backward``'s contract, by autograd through ``selective_scan_ref``."""
     leaves = [None if t is None else t.detach().requires_grad_(True) for t in ops]
     with torch.enable_grad():
@@ -91,13 +94,17 @@ def _scan_backward_ref(ops, ckpt, softplus, dout, dlast, dz=None, out_z=None, du
         dz.copy_(dz_)
     if out_z is not None:
         out_z.copy_(y)
+    if dbc is not None:
+        dbc[:, 0].copy_(dB)
+        dbc[:, 1].copy_(dC)
     return du, ddelta, dA, dB, dC, dD, dz if dz is not None else dz_, dbias
 
 
 def test_layer_body_plumbing_on_the_cpu(monkeypatch) -> None:
     """``mamba_inner_cuda`` around a reference scan with the kernel's contract, in float64 on the CPU: its layouts
     (channel-major y, dy and in_proj's gradient), out_proj's weight gradient from the scan's second y and the
-    recomputed conv and projections give ``mamba_inner_ref``'s output and every gradient."""
+    recomputed (``checkpoint_lvl=1``) or kept (0) conv and projections give ``mamba_inner_ref``'s output and every
+    gradient."""
     from vl_mamba.ops import mamba_inner_cuda as module
     from vl_mamba.ops.mamba_inner import mamba_inner_ref
 
@@ -115,10 +122,10 @@ def test_layer_body_plumbing_on_the_cpu(monkeypatch) -> None:
             .requires_grad_(True), rand(d), rand(d, scale=0.1)]
     grad = torch.randn(batch, length, d_model, generator=g, dtype=torch.float64)
     # Every input wants a gradient; then only x_proj's weight (the conv's output then has no graph of its own).
-    for wanted in (args, [args[3]]):
+    for wanted, lvl in itertools.product((args, [args[3]]), (1, 0)):
         frozen = [a if any(a is w for w in wanted) else a.detach() for a in args]
         results = []
-        for fn in (module.mamba_inner_cuda, mamba_inner_ref):
+        for fn in (functools.partial(module.mamba_inner_cuda, checkpoint_lvl=lvl), mamba_inner_ref):
             out = fn(*frozen)
             results.append([out, *torch.autograd.grad(out, wanted, grad)])
         for got, ref in zip(*results, strict=True):  # the kernel's contract rounds A, D and delta's bias to float32

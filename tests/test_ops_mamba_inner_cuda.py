@@ -100,3 +100,38 @@ def test_layer_dispatch(monkeypatch) -> None:
     assert rel_err(results["1"][1], results["0"][1]) < 1e-4
     for a, b in zip(results["1"][2], results["0"][2], strict=True):
         assert rel_err(a, b) < 1e-3
+
+
+def test_kept_activations_give_the_same_gradients() -> None:
+    """``checkpoint_lvl=0`` keeps the conv's output and the projections instead of recomputing them: the same
+    output bit for bit, and the same gradients under bf16 autocast as in training (to the order of the kernels'
+    atomic float32 sums of dA, dD and the biases, which differs from run to run)."""
+    from vl_mamba.ops.mamba_inner_cuda import mamba_inner_cuda
+
+    args, grad = inner_case(length=260)
+    results = {}
+    for lvl in (1, 0):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            results[lvl] = run(lambda *a, lvl=lvl: mamba_inner_cuda(*a, checkpoint_lvl=lvl), args, grad)
+    assert torch.equal(results[1][0], results[0][0])
+    for name, a, b in zip(NAMES, results[1][1:], results[0][1:], strict=True):
+        assert rel_err(a, b) < 1e-5, name
+    with pytest.raises(ValueError, match="checkpoint_lvl"):
+        mamba_inner_cuda(*args, checkpoint_lvl=2)
+
+
+def test_decoder_passes_checkpoint_lvl_to_its_layers() -> None:
+    from vl_mamba.decoders import MambaDecoder
+
+    torch.manual_seed(0)
+    grads = {}
+    for lvl in (1, 0):
+        torch.manual_seed(0)
+        decoder = MambaDecoder(d_model=64, n_layer=2, vocab_size=100, checkpoint_lvl=lvl).cuda()
+        assert all(layer.mixer.checkpoint_lvl == lvl for layer in decoder.backbone.layers)
+        embeds = torch.randn(2, 70, 64, device="cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = decoder.forward_hidden(embeds)
+        grads[lvl] = torch.autograd.grad(out.float().square().sum(), list(decoder.parameters()))
+    for a, b in zip(grads[1], grads[0], strict=True):
+        assert rel_err(a, b) < 1e-5

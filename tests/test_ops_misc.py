@@ -164,6 +164,9 @@ def test_in_proj_channel_major_under_autocast_as_linear():
 def test_mamba_inner_fn_dispatches_to_ref_on_cpu():
     inputs = {k: v.detach() for k, v in inner_inputs(torch.float32).items()}
     assert torch.equal(mamba_inner_fn(**inputs), mamba_inner_ref(**inputs))
+    assert torch.equal(mamba_inner_fn(**inputs, checkpoint_lvl=0), mamba_inner_ref(**inputs))
+    with pytest.raises(ValueError, match="checkpoint_lvl must be 0 or 1"):
+        mamba_inner_fn(**inputs, checkpoint_lvl=2)
 
 
 @pytest.mark.parametrize("channel_major", [False, True], ids=["contiguous", "channel-major"])

@@ -74,6 +74,10 @@ class MambaMixer(nn.Module):
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
         init_dt_proj(self.dt_proj, r, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor)
+        self.checkpoint_lvl = 1
+        """mamba_ssm's ``checkpoint_lvl`` for the fused layer body (``mamba_inner_fn``): 1 recomputes the conv's output
+        and delta in the backward, 0 keeps them (a faster backward for two more (batch, d_inner, L) tensors a layer).
+        Set by the decoder."""
         self.recomputed = False
         """True while the layer runs under the decoder's activation checkpointing (its saved activations then
         live one block at a time): a layer whose own weights are frozen then takes the unfused ops, whose backward
@@ -106,6 +110,7 @@ class MambaMixer(nn.Module):
             return mamba_inner_fn(
                 xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
                 self.out_proj.weight, self.out_proj.bias, A, self.D.float(), self.dt_proj.bias.float(),
+                self.checkpoint_lvl,
             )
         x, z = xz.chunk(2, dim=1)
         if mask is not None:

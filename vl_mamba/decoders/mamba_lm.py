@@ -48,6 +48,9 @@ class MambaDecoder(LanguageDecoder):
         gradient_checkpointing: recompute each block in the backward pass. Each block then keeps one float32
             tensor for the backward (the residual stream with its input added), and a block whose mixer weights
             are all frozen runs the unfused Mamba ops, which compute no weight gradients.
+        checkpoint_lvl: mamba_ssm's ``checkpoint_lvl`` of each layer's fused body: 1 (its default) recomputes the
+            conv's output and delta in the backward; 0 keeps them, for a faster backward at two more
+            (batch, d_inner, L) tensors a layer (BENCHMARKS.md has both at the paper model's shape).
         revision: hub revision of ``pretrained``.
     """
 
@@ -66,9 +69,12 @@ class MambaDecoder(LanguageDecoder):
         dt_min: float | None = None,
         dt_max: float | None = None,
         gradient_checkpointing: bool = False,
+        checkpoint_lvl: int = 1,
         revision: str | None = None,
     ) -> None:
         super().__init__()
+        if checkpoint_lvl not in (0, 1):
+            raise ValueError(f"MambaDecoder: checkpoint_lvl must be 0 or 1, got {checkpoint_lvl}")
         given = {
             "d_model": d_model, "n_layer": n_layer, "vocab_size": vocab_size, "d_state": d_state,
             "d_conv": d_conv, "expand": expand, "pad_vocab_size_multiple": pad_vocab_size_multiple,
@@ -97,6 +103,8 @@ class MambaDecoder(LanguageDecoder):
         with torch.device("meta" if directory is not None else torch.get_default_device()):
             self.backbone = MambaBackbone(cfg)
             self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
+        for layer in self.backbone.layers:
+            layer.mixer.checkpoint_lvl = checkpoint_lvl
         if directory is None:
             self._tie()
             self._init_weights()

@@ -43,6 +43,7 @@ def mamba_inner_fn(
     A: Tensor,
     D: Tensor | None = None,
     delta_bias: Tensor | None = None,
+    checkpoint_lvl: int = 1,
 ) -> Tensor:
     """Mamba-1 mixer body.
 
@@ -57,24 +58,29 @@ def mamba_inner_fn(
         A: (d_inner, N).
         D: (d_inner,).
         delta_bias: (d_inner,).
+        checkpoint_lvl: mamba_ssm's: 1 recomputes the conv's output and delta in the backward, 0 keeps them from the
+            forward (faster, two more (batch, d_inner, L) tensors a layer). The unfused composition keeps what
+            autograd keeps either way.
 
     Returns:
         (batch, L, d_model).
     """
+    if checkpoint_lvl not in (0, 1):
+        raise ValueError(f"checkpoint_lvl must be 0 or 1, got {checkpoint_lvl}")
     if xz.is_cuda and xz.dtype != torch.float64:
         if _own_inner_ok(xz, A):
             from vl_mamba.ops.mamba_inner_cuda import mamba_inner_cuda
 
             return mamba_inner_cuda(
                 xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias,
-                A, D, delta_bias,
+                A, D, delta_bias, checkpoint_lvl,
             )
         kernel = _cuda_inner()
         if kernel is not None:
             # The bias is added outside: mamba_ssm 2.3's fused backward returns an empty gradient for it.
             out = kernel(
                 xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, None,
-                A, None, None, D, delta_bias=delta_bias, delta_softplus=True,
+                A, None, None, D, delta_bias=delta_bias, delta_softplus=True, checkpoint_lvl=checkpoint_lvl,
             )
             return out if out_proj_bias is None else out + out_proj_bias
     return mamba_inner_ref(

@@ -1,16 +1,16 @@
 """``mamba_inner_cuda``: the Mamba-1 layer body (conv, projections, scan, gate, out_proj) around this package's own
 CUDA scan (``scan_cuda``), with mamba_ssm's memory plan.
 
-The forward keeps in_proj's output, the weights as its products read them (their bf16 copies under bf16
-autocast, so that the backward does not cast them again) and the scan's saved states (a float32 state every 32 steps,
-as large as a bf16 input at 16 states); the backward recomputes the convolution and the projections from it, as
-mamba_ssm's ``mamba_inner_fn`` does, and has the scan's backward write y again for out_proj's weight gradient
-instead of keeping it. y, the gradient of y and the gradient of in_proj's output are laid out channel-major,
-(channels, batch * L) viewed as (batch, channels, L), so that out_proj's products and in_proj's backward read them
-without copies; so are the scan's gradients of u and delta, which the projections' backward reads as matrices and
-adds x_proj's part to in place. The backward is written out (no autograd inside it), and the conv's backward writes
-x's gradient straight into in_proj's. It needs no mamba_ssm: the convolution is ``causal_conv1d_forward`` and
-``causal_conv1d_backward`` (causal-conv1d's kernel where installed).
+The forward keeps in_proj's output, the weights as its products read them (their bf16 copies under bf16 autocast, so
+that the backward does not cast them again) and the scan's saved states (a float32 state every 32 steps, as large as
+a bf16 input at 16 states); the backward recomputes the convolution and the projections from it, as mamba_ssm's
+``mamba_inner_fn`` does (``checkpoint_lvl=0`` keeps them instead, as there), and has the scan's backward write y
+again for out_proj's weight gradient instead of keeping it. y, the gradient of y and the gradient of in_proj's
+output are laid out channel-major, (channels, batch * L) viewed as (batch, channels, L), so that out_proj's products
+and in_proj's backward read them without copies; so are the scan's gradients of u and delta, which the projections'
+backward reads as matrices and adds x_proj's part to in place. The backward is written out (no autograd inside it),
+and the conv's backward writes x's gradient straight into in_proj's. It needs no mamba_ssm: the convolution is
+``causal_conv1d_forward`` and ``causal_conv1d_backward`` (causal-conv1d's kernel where installed).
 """
 
 from __future__ import annotations
@@ -38,14 +38,22 @@ def mamba_inner_cuda(
     A: Tensor,
     D: Tensor | None = None,
     delta_bias: Tensor | None = None,
+    checkpoint_lvl: int = 1,
 ) -> Tensor:
     """``mamba_inner_fn``'s arguments and result (``vl_mamba.ops.mamba_inner``), softplus on delta.
+
+    ``checkpoint_lvl`` as mamba_ssm's: 1 recomputes the conv's output, x_proj's and dt_proj's in the backward; 0 keeps
+    them from the forward (two more (batch, d_inner, L) tensors a layer in the activations' dtype, for a faster
+    backward).
 
     Raises:
         RuntimeError: the scan's kernel does not take these operands or is not available (``scan_cuda``).
     """
+    if checkpoint_lvl not in (0, 1):
+        raise ValueError(f"checkpoint_lvl must be 0 or 1, got {checkpoint_lvl}")
     out = _MambaInner.apply(
-        xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, A, D, delta_bias
+        xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, A, D, delta_bias,
+        checkpoint_lvl == 0,
     )
     return out if out_proj_bias is None else out + out_proj_bias
 
@@ -66,11 +74,11 @@ def _project(conv: Tensor, x_proj_w: Tensor, dt_proj_w: Tensor):
 class _MambaInner(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, A, D, delta_bias):
+    def forward(ctx, xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, A, D, delta_bias, keep):
         batch, channels, length = xz.shape
         d = channels // 2
         conv = causal_conv1d_forward(xz[:, :d], conv_w.squeeze(1), conv_b, silu=True)
-        _, _, dt, B, C, xp_w, dtp_w = _project(conv, x_proj_w, dt_proj_w)
+        _, x_dbl, dt, B, C, xp_w, dtp_w = _project(conv, x_proj_w, dt_proj_w)
         ops = scan_operands(conv, dt, A, B, C, D, xz[:, d:], delta_bias)
         y = _channel_major(batch, d, length, conv)
         _, _, ckpt = scan_forward(ops, True, keep=True, out=y)
@@ -80,24 +88,29 @@ class _MambaInner(torch.autograd.Function):
         out_w = out_proj_w.to(out_dtype)
         out = F.linear(as_matrix(y).t().to(out_dtype), out_w)
         ctx.weight_dtypes = (x_proj_w.dtype, dt_proj_w.dtype, out_proj_w.dtype)
-        ctx.save_for_backward(xz, conv_w, conv_b, xp_w, dtp_w, out_w, A, D, delta_bias, ckpt)
+        kept = (conv, x_dbl, dt) if keep else (None, None, None)
+        ctx.save_for_backward(xz, conv_w, conv_b, xp_w, dtp_w, out_w, A, D, delta_bias, ckpt, *kept)
         return out.view(batch, length, -1)
 
     @staticmethod
     @once_differentiable
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dout):
-        xz, conv_w, conv_b, xp_w, dtp_w, out_w, A, D, delta_bias, ckpt = ctx.saved_tensors
+        xz, conv_w, conv_b, xp_w, dtp_w, out_w, A, D, delta_bias, ckpt, conv, x_dbl, dt = ctx.saved_tensors
         xp_dtype, dtp_dtype, out_dtype = ctx.weight_dtypes
         needs = ctx.needs_input_grad
         batch, channels, length = xz.shape
         d, rank = channels // 2, dtp_w.shape[1]
         x = xz[:, :d]
-        # The conv and the projections again, from in_proj's output (mamba_ssm's memory plan).
-        conv = causal_conv1d_forward(x, conv_w.squeeze(1), conv_b, silu=True)
-        cdt = conv.dtype
         with torch.autocast(xz.device.type, enabled=False):  # every product below in the activations' dtype
-            conv_m, x_dbl, dt, B, C, xp_w, dtp_w = _project(conv, xp_w, dtp_w)
+            if conv is None:  # the conv and the projections again, from in_proj's output (mamba_ssm's memory plan)
+                conv = causal_conv1d_forward(x, conv_w.squeeze(1), conv_b, silu=True)
+                conv_m, x_dbl, dt, B, C, xp_w, dtp_w = _project(conv, xp_w, dtp_w)
+            else:
+                n = (x_dbl.shape[0] - rank) // 2
+                B, C = from_matrix(x_dbl[rank : rank + n], batch), from_matrix(x_dbl[rank + n :], batch)
+                conv_m = as_matrix(conv)
+            cdt = conv.dtype
             ops = scan_operands(conv, dt, A, B, C, D, xz[:, d:], delta_bias)
             dout2d = dout.reshape(batch * length, -1).to(cdt)
             out_w = out_w.to(cdt)
@@ -107,19 +120,18 @@ class _MambaInner(torch.autograd.Function):
             # du and ddelta channel-major, so that the products below read them as matrices without copies.
             du, ddelta = _channel_major(batch, d, length, conv), _channel_major(batch, d, length, conv)
             out_z = _channel_major(batch, d, length, conv) if needs[5] else None
-            _, _, dA, dB, dC, dD, _, dbias = scan_backward(
-                ops, ckpt, True, dy, None, dz=dxz[:, d:], out_z=out_z, du=du, ddelta=ddelta
+            # dB and dC go straight into their rows of x_proj's output gradient.
+            d_dbl = torch.empty_like(x_dbl)
+            d_bc = from_matrix(d_dbl[rank:], batch).view(batch, 2, B.shape[1], length)
+            _, _, dA, _, _, dD, _, dbias = scan_backward(
+                ops, ckpt, True, dy, None, dz=dxz[:, d:], out_z=out_z, du=du, ddelta=ddelta, dbc=d_bc
             )
             d_out_w = None if out_z is None else weight_grad(dout2d.t(), as_matrix(out_z).t(), out_dtype)
             d_conv_w = d_conv_b = d_xproj = d_dtproj = None
             if any(needs[:5]):
-                # The gradient of x_proj's output: dt's part through dt_proj, then B's and C's from the scan.
+                # The rest of x_proj's output gradient: dt's part, through dt_proj.
                 ddelta_m = as_matrix(ddelta)
-                d_dbl = torch.empty_like(x_dbl)
                 torch.mm(dtp_w.t(), ddelta_m, out=d_dbl[:rank])
-                d_bc = from_matrix(d_dbl[rank:], batch).view(batch, 2, dB.shape[1], length)
-                d_bc[:, 0].copy_(dB)
-                d_bc[:, 1].copy_(dC)
                 if needs[4]:
                     d_dtproj = weight_grad(ddelta_m, x_dbl[:rank].t(), dtp_dtype)
                 if needs[3]:
@@ -139,4 +151,5 @@ class _MambaInner(torch.autograd.Function):
             dA.to(A.dtype) if needs[6] else None,
             dD.to(D.dtype) if needs[7] else None,
             dbias.to(delta_bias.dtype) if needs[8] else None,
+            None,
         )
