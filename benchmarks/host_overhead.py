@@ -40,7 +40,7 @@ class Phases:
             warnings.simplefilter("always")
             result, gpu_ms, host_ms = held_call(lambda: _warning_on_syncs(fn), self.cycles)
         sites = [str(w.message).splitlines()[0][:60] + " @ " + _site(w) for w in caught
-                 if "synchroniz" in str(w.message)]
+                 if "called a synchronizing CUDA operation" in str(w.message)]
         for site in sites:
             self.syncs[(name, site)] += 1
         self.rows.append({"phase": name, "host_ms": host_ms, "gpu_ms": gpu_ms, "syncs": len(sites),

@@ -4,11 +4,16 @@ with the step's wall time beside them; once with mamba_ssm's fused layer and onc
 (``VL_MAMBA_CUDA_SCAN=1``, ``mamba_inner_cuda``), both timed in the same process.
 
     python -m benchmarks.profile_train_step --seq 2048 --batch 4 --out benchmarks/results/profile_train_step.json
+
+``--checkpoint-lvl 1 0`` also runs each layer body keeping the conv's output and delta for the backward (mamba_ssm's
+``checkpoint_lvl=0``) instead of recomputing them.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import itertools
 import os
 import re
 from collections import defaultdict
@@ -98,6 +103,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--stage", default="finetune", choices=["finetune", "align"])
     parser.add_argument("--scans", nargs="+", default=["mamba_ssm", "own"], choices=["mamba_ssm", "own"])
+    parser.add_argument("--checkpoint-lvl", type=int, nargs="+", default=[1], choices=[0, 1],
+                        help="the layers' checkpoint_lvl (1 recomputes the conv's output and delta in the backward, "
+                             "0 keeps them); each layer body runs with each")
     parser.add_argument("--top", type=int, default=12, help="kernels listed by name, per run")
     parser.add_argument("--stacks", action="store_true",
                         help="also list the host calls that copy tensors, with their Python stacks (the host runs "
@@ -112,24 +120,30 @@ def main() -> None:
     flops = step_flops(model, args.batch, args.seq, text - text // 2, args.stage)
 
     rows, kernels, gaps, copies = [], [], [], []
-    for scan in args.scans:
+    for scan, lvl in itertools.product(args.scans, args.checkpoint_lvl):
         os.environ["VL_MAMBA_CUDA_SCAN"] = "1" if scan == "own" else "0"
+        for layer in model.decoder.backbone.layers:
+            layer.mixer.checkpoint_lvl = lvl
+        optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         timing = time_cuda(train_step, warmup=2, repeats=5)
         prof = profile_cuda(train_step, warmup=1, stacks=args.stacks)
         by_kind, by_name = kernel_times(prof)
         idle_ms, longest = idle_gaps(prof, args.top)
-        gaps += [{"scan": scan, **g} for g in longest]
+        tag = {"scan": scan, "checkpoint_lvl": lvl}
+        gaps += [{**tag, **g} for g in longest]
         if args.stacks:
-            copies += [{"scan": scan, **c} for c in copy_sites(prof, args.top)]
+            copies += [{**tag, **c} for c in copy_sites(prof, args.top)]
         step_ms = timing["median_ms"]
-        row = {"scan": scan, "seq": args.seq, "batch": args.batch, "stage": args.stage, "step_ms": step_ms,
+        row = {**tag, "seq": args.seq, "batch": args.batch, "stage": args.stage, "step_ms": step_ms,
                "MFU_%": 100 * flops / (step_ms / 1e3) / (H100_BF16_DENSE_TFLOPS * 1e12), "peak_GiB": peak_gib(),
                "kernels_ms": sum(by_kind.values()), "idle_ms": idle_ms, "device_events": len(device_events(prof))}
         row.update({f"{kind} ms": ms for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1])})
         rows.append(row)
         top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[: args.top]
-        kernels += [{"scan": scan, "kernel": name[:120], "kind": kind_of(name), "ms": ms, "calls": calls}
+        kernels += [{**tag, "kernel": name[:120], "kind": kind_of(name), "ms": ms, "calls": calls}
                     for name, (ms, calls) in top]
         print(row, flush=True)
     title = f"one training step by kernel kind ({args.stage}, {args.batch} x {args.seq} tokens, bf16 autocast)"
@@ -139,9 +153,8 @@ def main() -> None:
     if copies:
         report("host calls that copy tensors", copies, ["scan", "op", "ms", "calls", "shapes", "stack"], None)
     kinds = [k for k, _ in KINDS] + ["other"]
-    report(title, rows, ["scan", "step_ms", "MFU_%", "peak_GiB", "kernels_ms", "idle_ms", "device_events",
-           *(f"{k} ms" for k in kinds)],
-           None)
+    columns = ["scan", "checkpoint_lvl", "step_ms", "MFU_%", "peak_GiB", "kernels_ms", "idle_ms", "device_events"]
+    report(title, rows, [*columns, *(f"{k} ms" for k in kinds)], None)
 
 
 if __name__ == "__main__":

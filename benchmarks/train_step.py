@@ -8,7 +8,9 @@ tokens) per sample, the rest text, the loss on the second half of the text. Stag
 
 Reported: samples/s, tokens/s, model FLOPs utilisation (MFU: model FLOPs by the usual 2N per token forward
 and 4N backward for trained weights, 2N backward for frozen layers that pass gradients, over the card's
-dense bf16 peak) and peak memory, for the largest batch of the candidates that fits.
+dense bf16 peak) and peak memory, for the largest batch that fits: every batch size is tried, from a ceiling per
+length down. ``alloc_retries`` counts the times the caching allocator ran out, freed its cache and tried again (a
+batch near the card's memory pays for those).
 
     python -m benchmarks.train_step --seq 1024 4096 16384 --out benchmarks/results/train_step.json
 """
@@ -60,12 +62,12 @@ class NeoXDecoder(nn.Module):
         return self.lm.get_output_embeddings()(hidden)
 
 
-def build(kind: str, checkpointing: bool) -> VLMamba:
+def build(kind: str, checkpointing: bool, checkpoint_lvl: int = 1) -> VLMamba:
     with torch.device("cuda"):
         encoder = TimmViTEncoder("vit_so400m_patch14_siglip_384", layer=-1, gradient_checkpointing=checkpointing)
         if kind == "mamba":
             decoder = MambaDecoder(d_model=2560, n_layer=64, vocab_size=50277,
-                                   gradient_checkpointing=checkpointing)
+                                   gradient_checkpointing=checkpointing, checkpoint_lvl=checkpoint_lvl)
             connector = VSSL2Connector(scan="bi")
         else:
             decoder = NeoXDecoder(gradient_checkpointing=checkpointing)
@@ -114,8 +116,9 @@ def make_step(model: VLMamba, optimizer: torch.optim.Optimizer, data: dict):
     return train_step
 
 
-def run_config(kind: str, stage: str, seq: int, batches: list[int], checkpointing: bool) -> dict | None:
-    model = build(kind, checkpointing)
+def run_config(kind: str, stage: str, seq: int, batches: list[int], checkpointing: bool,
+               checkpoint_lvl: int = 1) -> dict | None:
+    model = build(kind, checkpointing, checkpoint_lvl)
     apply_stage(model, stage if stage == "finetune" else "align")
     groups = param_groups(model.named_parameters(), 1e-5, 0.0)
     optimizer = torch.optim.AdamW(groups, lr=1e-5, fused=True)
@@ -124,6 +127,7 @@ def run_config(kind: str, stage: str, seq: int, batches: list[int], checkpointin
         train_step = make_step(model, optimizer, make_batch(batch, seq, model.num_visual_tokens))
         try:
             torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_accumulated_memory_stats()
             timing = time_cuda(train_step, warmup=2, repeats=5)
         except torch.OutOfMemoryError:
             optimizer.zero_grad(set_to_none=True)
@@ -136,8 +140,10 @@ def run_config(kind: str, stage: str, seq: int, batches: list[int], checkpointin
         result = {
             "model": "VL-Mamba 2.8B" if kind == "mamba" else "LLaVA GPT-NeoX 2.8B", "stage": stage,
             "seq": seq, "batch": batch, "checkpointing": checkpointing, "step_ms": timing["median_ms"],
+            **({"checkpoint_lvl": checkpoint_lvl} if kind == "mamba" else {}),
             "samples_s": batch / seconds, "tokens_s": batch * seq / seconds,
             "MFU_%": 100 * flops / seconds / (H100_BF16_DENSE_TFLOPS * 1e12), "peak_GiB": peak_gib(),
+            "alloc_retries": torch.cuda.memory_stats().get("num_alloc_retries", 0),
             "trainable_B": count(model, True) / 1e9,
         }
         break
@@ -153,14 +159,17 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", default=["align", "finetune"])
     parser.add_argument("--models", nargs="+", default=["mamba", "neox"])
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
+    parser.add_argument("--checkpoint-lvl", type=int, default=1, choices=[0, 1],
+                        help="VL-Mamba's layers: 1 recomputes the conv output and delta in the backward, 0 keeps them")
     parser.add_argument("--out", default="benchmarks/results/train_step.json")
     args = parser.parse_args()
-    candidates = {1024: [16, 8, 4, 2, 1], 2048: [8, 4, 2, 1], 4096: [4, 2, 1], 8192: [2, 1], 16384: [1]}
+    largest = {1024: 16, 2048: 8, 4096: 4, 8192: 2}  # above these a batch runs out of memory on an 80 GB card
     rows = []
     for seq in args.seq:
         for stage in args.stages:
             for kind in args.models:
-                row = run_config(kind, stage, seq, candidates.get(seq, [1]), args.checkpointing)
+                row = run_config(kind, stage, seq, list(range(largest.get(seq, 1), 0, -1)), args.checkpointing,
+                                 args.checkpoint_lvl)
                 if row is None:
                     row = {"model": kind, "stage": stage, "seq": seq, "batch": "OOM"}
                 rows.append(row)

@@ -148,8 +148,8 @@ def test_a_training_step_waits_for_the_gpu_once() -> None:
     waits = []
 
     def record(message, category, filename, lineno, file=None, line=None):
-        if "synchroniz" in str(message):
-            waits.append("".join(traceback.format_stack(limit=8)[:-1]))
+        if "called a synchronizing CUDA operation" in str(message):
+            waits.append(f"{message}\n" + "".join(traceback.format_stack(limit=12)[:-1]))
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
