@@ -22,6 +22,7 @@ import torch
 
 from benchmarks.common import peak_gib, profile_cuda, report, time_cuda
 from benchmarks.train_step import H100_BF16_DENSE_TFLOPS, build, make_batch, make_step, step_flops
+from vl_mamba.training.adamw import AdamW
 from vl_mamba.training.optim import param_groups
 from vl_mamba.training.stages import apply_stage
 
@@ -106,6 +107,9 @@ def main() -> None:
     parser.add_argument("--checkpoint-lvl", type=int, nargs="+", default=[1], choices=[0, 1],
                         help="the layers' checkpoint_lvl (1 recomputes the conv's output and delta in the backward, "
                              "0 keeps them); each layer body runs with each")
+    parser.add_argument("--optimizers", nargs="+", default=["own"], choices=["own", "torch"],
+                        help="own: this package's AdamW (torch's fused step, and bf16 copies written for the Mamba "
+                             "layers' projection weights); torch: torch's fused AdamW")
     parser.add_argument("--top", type=int, default=12, help="kernels listed by name, per run")
     parser.add_argument("--stacks", action="store_true",
                         help="also list the host calls that copy tensors, with their Python stacks (the host runs "
@@ -114,25 +118,28 @@ def main() -> None:
     args = parser.parse_args()
     model = build("mamba", False)
     apply_stage(model, args.stage)
-    optimizer = torch.optim.AdamW(param_groups(model.named_parameters(), 1e-5, 0.0), lr=1e-5, fused=True)
-    train_step = make_step(model, optimizer, make_batch(args.batch, args.seq, model.num_visual_tokens))
+    data = make_batch(args.batch, args.seq, model.num_visual_tokens)
     text = args.seq - model.num_visual_tokens
     flops = step_flops(model, args.batch, args.seq, text - text // 2, args.stage)
 
     rows, kernels, gaps, copies = [], [], [], []
-    for scan, lvl in itertools.product(args.scans, args.checkpoint_lvl):
+    for scan, lvl, opt in itertools.product(args.scans, args.checkpoint_lvl, args.optimizers):
         os.environ["VL_MAMBA_CUDA_SCAN"] = "1" if scan == "own" else "0"
         for layer in model.decoder.backbone.layers:
             layer.mixer.checkpoint_lvl = lvl
-        optimizer.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+        train_step = optimizer = None  # the last run's moments freed before this run's are made
         gc.collect()
         torch.cuda.empty_cache()
+        optimizer_class = AdamW if opt == "own" else torch.optim.AdamW
+        optimizer = optimizer_class(param_groups(model.named_parameters(), 1e-5, 0.0), lr=1e-5, fused=True)
+        train_step = make_step(model, optimizer, data)
         torch.cuda.reset_peak_memory_stats()
         timing = time_cuda(train_step, warmup=2, repeats=5)
         prof = profile_cuda(train_step, warmup=1, stacks=args.stacks)
         by_kind, by_name = kernel_times(prof)
         idle_ms, longest = idle_gaps(prof, args.top)
-        tag = {"scan": scan, "checkpoint_lvl": lvl}
+        tag = {"scan": scan, "checkpoint_lvl": lvl, "optimizer": opt}
         gaps += [{**tag, **g} for g in longest]
         if args.stacks:
             copies += [{**tag, **c} for c in copy_sites(prof, args.top)]
@@ -153,7 +160,8 @@ def main() -> None:
     if copies:
         report("host calls that copy tensors", copies, ["scan", "op", "ms", "calls", "shapes", "stack"], None)
     kinds = [k for k, _ in KINDS] + ["other"]
-    columns = ["scan", "checkpoint_lvl", "step_ms", "MFU_%", "peak_GiB", "kernels_ms", "idle_ms", "device_events"]
+    columns = ["scan", "checkpoint_lvl", "optimizer", "step_ms", "MFU_%", "peak_GiB", "kernels_ms", "idle_ms",
+               "device_events"]
     report(title, rows, [*columns, *(f"{k} ms" for k in kinds)], None)
 
 
