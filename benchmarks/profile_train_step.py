@@ -22,6 +22,7 @@ import torch
 
 from benchmarks.common import peak_gib, profile_cuda, report, time_cuda
 from benchmarks.train_step import H100_BF16_DENSE_TFLOPS, build, make_batch, make_step, step_flops
+from vl_mamba.ops.weight_copies import release_copy
 from vl_mamba.training.adamw import AdamW
 from vl_mamba.training.optim import param_groups
 from vl_mamba.training.stages import apply_stage
@@ -128,18 +129,25 @@ def main() -> None:
         for layer in model.decoder.backbone.layers:
             layer.mixer.checkpoint_lvl = lvl
         model.zero_grad(set_to_none=True)
-        train_step = optimizer = None  # the last run's moments freed before this run's are made
+        train_step = optimizer = None  # the last run's moments and weight copies freed before this run's are made
+        for p in model.parameters():
+            release_copy(p)
         gc.collect()
         torch.cuda.empty_cache()
         optimizer_class = AdamW if opt == "own" else torch.optim.AdamW
         optimizer = optimizer_class(param_groups(model.named_parameters(), 1e-5, 0.0), lr=1e-5, fused=True)
         train_step = make_step(model, optimizer, data)
         torch.cuda.reset_peak_memory_stats()
-        timing = time_cuda(train_step, warmup=2, repeats=5)
-        prof = profile_cuda(train_step, warmup=1, stacks=args.stacks)
+        tag = {"scan": scan, "checkpoint_lvl": lvl, "optimizer": opt}
+        try:
+            timing = time_cuda(train_step, warmup=2, repeats=5)
+            prof = profile_cuda(train_step, warmup=1, stacks=args.stacks)
+        except torch.OutOfMemoryError:
+            rows.append({**tag, "step_ms": "OOM"})
+            print(rows[-1], flush=True)
+            continue
         by_kind, by_name = kernel_times(prof)
         idle_ms, longest = idle_gaps(prof, args.top)
-        tag = {"scan": scan, "checkpoint_lvl": lvl, "optimizer": opt}
         gaps += [{**tag, **g} for g in longest]
         if args.stacks:
             copies += [{**tag, **c} for c in copy_sites(prof, args.top)]

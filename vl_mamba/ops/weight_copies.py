@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["attach_copy", "cast_weight", "mark_for_copy", "wants_copy"]
+__all__ = ["attach_copy", "cast_weight", "mark_for_copy", "release_copy", "wants_copy"]
 
 _WANTS = "_vl_low_precision_copy"
 _HELD = "_vl_low_precision"
@@ -40,11 +40,22 @@ def attach_copy(param: Tensor, copy: Tensor) -> None:
     setattr(param, _HELD, (_tag(param), copy))
 
 
+def release_copy(param: Tensor) -> None:
+    """Let go of ``param``'s copy, if it holds one (its memory is freed once nothing else holds it)."""
+    if getattr(param, _HELD, None) is not None:
+        setattr(param, _HELD, None)
+
+
 def cast_weight(weight: Tensor, dtype: torch.dtype) -> Tensor:
-    """``weight.to(dtype)``, from the held copy where it is current and of that dtype."""
+    """``weight.to(dtype)``, from the held copy where it is current and of that dtype; a copy found out of date
+    is let go."""
     if weight.dtype == dtype:
         return weight
     held = getattr(weight, _HELD, None)
-    if held is not None and held[1].dtype == dtype and held[0] == _tag(weight):
-        return held[1]
+    if held is not None:
+        if held[0] == _tag(weight):
+            if held[1].dtype == dtype:
+                return held[1]
+        else:
+            release_copy(weight)
     return weight.to(dtype)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vl_mamba.ops.weight_copies import attach_copy, wants_copy
+from vl_mamba.ops.weight_copies import attach_copy, release_copy, wants_copy
 
 __all__ = ["AdamW"]
 
@@ -87,6 +87,8 @@ class AdamW(torch.optim.AdamW):
         lr = float(group["lr"])
         device = params[0].device
         for step, members in by_step.items():
+            for i in members:  # the last step's copies go first, so that the new ones may take their memory
+                release_copy(params[i])
             copies = [torch.empty_like(params[i], dtype=torch.bfloat16) for i in members]
             rows, first = [], 0
             for i, copy in zip(members, copies, strict=True):
