@@ -22,8 +22,6 @@ import torch
 
 from benchmarks.common import peak_gib, profile_cuda, report, time_cuda
 from benchmarks.train_step import H100_BF16_DENSE_TFLOPS, build, make_batch, make_step, step_flops
-from vl_mamba.ops.weight_copies import release_copy
-from vl_mamba.training.adamw import AdamW
 from vl_mamba.training.optim import param_groups
 from vl_mamba.training.stages import apply_stage
 
@@ -108,9 +106,6 @@ def main() -> None:
     parser.add_argument("--checkpoint-lvl", type=int, nargs="+", default=[1], choices=[0, 1],
                         help="the layers' checkpoint_lvl (1 recomputes the conv's output and delta in the backward, "
                              "0 keeps them); each layer body runs with each")
-    parser.add_argument("--optimizers", nargs="+", default=["own"], choices=["own", "torch"],
-                        help="own: this package's AdamW (torch's fused step, and bf16 copies written for the Mamba "
-                             "layers' projection weights); torch: torch's fused AdamW")
     parser.add_argument("--top", type=int, default=12, help="kernels listed by name, per run")
     parser.add_argument("--stacks", action="store_true",
                         help="also list the host calls that copy tensors, with their Python stacks (the host runs "
@@ -124,21 +119,18 @@ def main() -> None:
     flops = step_flops(model, args.batch, args.seq, text - text // 2, args.stage)
 
     rows, kernels, gaps, copies = [], [], [], []
-    for scan, lvl, opt in itertools.product(args.scans, args.checkpoint_lvl, args.optimizers):
+    for scan, lvl in itertools.product(args.scans, args.checkpoint_lvl):
         os.environ["VL_MAMBA_CUDA_SCAN"] = "1" if scan == "own" else "0"
         for layer in model.decoder.backbone.layers:
             layer.mixer.checkpoint_lvl = lvl
         model.zero_grad(set_to_none=True)
-        train_step = optimizer = None  # the last run's moments and weight copies freed before this run's are made
-        for p in model.parameters():
-            release_copy(p)
+        train_step = optimizer = None  # the last run's moments freed before this run's are made
         gc.collect()
         torch.cuda.empty_cache()
-        optimizer_class = AdamW if opt == "own" else torch.optim.AdamW
-        optimizer = optimizer_class(param_groups(model.named_parameters(), 1e-5, 0.0), lr=1e-5, fused=True)
+        optimizer = torch.optim.AdamW(param_groups(model.named_parameters(), 1e-5, 0.0), lr=1e-5, fused=True)
         train_step = make_step(model, optimizer, data)
         torch.cuda.reset_peak_memory_stats()
-        tag = {"scan": scan, "checkpoint_lvl": lvl, "optimizer": opt}
+        tag = {"scan": scan, "checkpoint_lvl": lvl}
         try:
             timing = time_cuda(train_step, warmup=2, repeats=5)
             prof = profile_cuda(train_step, warmup=1, stacks=args.stacks)
@@ -168,7 +160,7 @@ def main() -> None:
     if copies:
         report("host calls that copy tensors", copies, ["scan", "op", "ms", "calls", "shapes", "stack"], None)
     kinds = [k for k, _ in KINDS] + ["other"]
-    columns = ["scan", "checkpoint_lvl", "optimizer", "step_ms", "MFU_%", "peak_GiB", "kernels_ms", "idle_ms",
+    columns = ["scan", "checkpoint_lvl", "step_ms", "MFU_%", "peak_GiB", "kernels_ms", "idle_ms",
                "device_events"]
     report(title, rows, [*columns, *(f"{k} ms" for k in kinds)], None)
 

@@ -2,10 +2,8 @@
 
 VL-Mamba: SigLIP-SO400M/14-384 (random weights) -> VSS-L2 (BSM) -> Mamba-2.8B shape (d 2560, 64 layers).
 Transformer: the same encoder -> LLaVA's MLP connector -> GPT-NeoX with Pythia-2.8B's shape (d 2560, 32
-layers, SDPA attention). Both: float32 master weights, bf16 autocast, this package's AdamW as the LightningModule
-builds it (torch's fused step; the Mamba layers' projection weights take this package's kernel, which also writes
-their bf16 copies), one image (729 visual tokens) per sample, the rest text, the loss on the second half of the
-text. Stage 1 trains the connector
+layers, SDPA attention). Both: float32 master weights, bf16 autocast, fused AdamW, one image (729 visual
+tokens) per sample, the rest text, the loss on the second half of the text. Stage 1 trains the connector
 (encoder and LM frozen, the LM still back-propagates to the connector); stage 2 also trains the LM.
 
 Reported: samples/s, tokens/s, model FLOPs utilisation (MFU: model FLOPs by the usual 2N per token forward
@@ -30,7 +28,6 @@ from vl_mamba.connectors import MLPConnector, VSSL2Connector
 from vl_mamba.decoders import MambaDecoder
 from vl_mamba.encoders import TimmViTEncoder
 from vl_mamba.model import VLMamba
-from vl_mamba.training.adamw import AdamW
 from vl_mamba.training.optim import param_groups
 from vl_mamba.training.stages import apply_stage
 
@@ -124,7 +121,7 @@ def run_config(kind: str, stage: str, seq: int, batches: list[int], checkpointin
     model = build(kind, checkpointing, checkpoint_lvl)
     apply_stage(model, stage if stage == "finetune" else "align")
     groups = param_groups(model.named_parameters(), 1e-5, 0.0)
-    optimizer = AdamW(groups, lr=1e-5, fused=True)  # as the LightningModule builds it
+    optimizer = torch.optim.AdamW(groups, lr=1e-5, fused=True)
     result = None
     for batch in batches:
         train_step = make_step(model, optimizer, make_batch(batch, seq, model.num_visual_tokens))
@@ -178,7 +175,7 @@ def main() -> None:
                 rows.append(row)
                 print(row, flush=True)
                 report("training step (partial)", rows, [], args.out, quiet=True)
-    report("training step (bf16 autocast, AdamW, CUDA events, median of 5)", rows,
+    report("training step (bf16 autocast, fused AdamW, CUDA events, median of 5)", rows,
            ["model", "stage", "seq", "batch", "step_ms", "samples_s", "tokens_s", "MFU_%", "peak_GiB"], args.out)
 
 

@@ -25,7 +25,6 @@ from vl_mamba.ops import (
     selective_scan_fn,
     ssm_step,
 )
-from vl_mamba.ops.weight_copies import mark_for_copy
 
 
 @dataclass
@@ -75,8 +74,6 @@ class MambaMixer(nn.Module):
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
         init_dt_proj(self.dt_proj, r, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor)
-        for proj in (self.in_proj, self.x_proj, self.dt_proj, self.out_proj):
-            mark_for_copy(proj.weight)  # the layer body reads them through cast_weight
         self.checkpoint_lvl = 1
         """mamba_ssm's ``checkpoint_lvl`` for the fused layer body (``mamba_inner_fn``): 1 recomputes the conv's output
         and delta in the backward, 0 keeps them (a faster backward for two more (batch, d_inner, L) tensors a layer).

@@ -15,8 +15,6 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from vl_mamba.ops.weight_copies import cast_weight
-
 __all__ = ["as_matrix", "compute_dtype", "from_matrix", "in_proj_channel_major", "project_matrix", "weight_grad"]
 
 
@@ -85,7 +83,7 @@ class _InProj(torch.autograd.Function):
         batch, length, d = hidden.shape
         dtype = compute_dtype(hidden)
         x = hidden.reshape(batch * length, d).to(dtype)
-        w = cast_weight(weight, dtype)
+        w = weight.to(dtype)
         with torch.autocast(hidden.device.type, enabled=False):
             out = w @ x.t()
             if bias is not None:

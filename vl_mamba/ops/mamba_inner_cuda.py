@@ -23,7 +23,6 @@ from torch.autograd.function import once_differentiable
 from vl_mamba.ops.causal_conv1d import causal_conv1d_backward, causal_conv1d_forward
 from vl_mamba.ops.channel_major import as_matrix, compute_dtype, from_matrix, project_matrix, weight_grad
 from vl_mamba.ops.scan_cuda import scan_backward, scan_forward, scan_operands
-from vl_mamba.ops.weight_copies import cast_weight
 
 __all__ = ["mamba_inner_cuda"]
 
@@ -67,7 +66,7 @@ def _channel_major(batch: int, channels: int, length: int, like: Tensor) -> Tens
 def _project(conv: Tensor, x_proj_w: Tensor, dt_proj_w: Tensor):
     """The conv's output (batch, d_inner, L) -> (its matrix, x_proj's output as a (rank + 2N, batch * L) matrix,
     dt before bias, B, C, the two weights), all in the conv's dtype (``project_matrix``)."""
-    x_proj_w, dt_proj_w = cast_weight(x_proj_w, conv.dtype), cast_weight(dt_proj_w, conv.dtype)
+    x_proj_w, dt_proj_w = x_proj_w.to(conv.dtype), dt_proj_w.to(conv.dtype)
     conv_m = as_matrix(conv)
     return (conv_m, *project_matrix(conv_m, x_proj_w, dt_proj_w, conv.shape[0]), x_proj_w, dt_proj_w)
 
@@ -79,14 +78,15 @@ class _MambaInner(torch.autograd.Function):
         batch, channels, length = xz.shape
         d = channels // 2
         conv = causal_conv1d_forward(xz[:, :d], conv_w.squeeze(1), conv_b, silu=True)
-        _, x_dbl, dt, B, C, xp_w, dtp_w = _project(conv, x_proj_w, dt_proj_w)
+        with torch.autocast(xz.device.type, enabled=False):  # in the conv's dtype, as the backward recomputes them
+            _, x_dbl, dt, B, C, xp_w, dtp_w = _project(conv, x_proj_w, dt_proj_w)
         ops = scan_operands(conv, dt, A, B, C, D, xz[:, d:], delta_bias)
         y = _channel_major(batch, d, length, conv)
         _, _, ckpt = scan_forward(ops, True, keep=True, out=y)
         # out_proj in the dtype autocast gives nn.Linear (the activations' otherwise). The three weights are kept
         # for the backward as the products read them, so that the backward does not cast them again.
         out_dtype = compute_dtype(y)
-        out_w = cast_weight(out_proj_w, out_dtype)
+        out_w = out_proj_w.to(out_dtype)
         out = F.linear(as_matrix(y).t().to(out_dtype), out_w)
         ctx.weight_dtypes = (x_proj_w.dtype, dt_proj_w.dtype, out_proj_w.dtype)
         kept = (conv, x_dbl, dt) if keep else (None, None, None)
