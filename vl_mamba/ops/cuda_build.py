@@ -10,7 +10,7 @@ and torch's stream through ctypes, so a build takes seconds.
 wherever it takes the operands and builds, on cards of compute capability 9.0 and up unless ``VL_MAMBA_CUDA_SCAN=0``
 turns it off, and on older cards where ``VL_MAMBA_CUDA_SCAN=1`` asks for it (it has been measured on H100 and H200
 only). There it is faster than mamba_ssm's scan at every shape measured, and the stage-2 training step with it
-reaches 33 % MFU against 26 % with mamba_ssm's layer (BENCHMARKS.md). ``selective_scan_cuda`` itself runs it
+reaches 34 % MFU against 26 % with mamba_ssm's layer (BENCHMARKS.md). ``selective_scan_cuda`` itself runs it
 whenever called. Without nvcc, or where the build fails, ``library()`` returns None with a warning and the dispatch
 keeps to mamba_ssm's kernel or the Triton scan.
 """
