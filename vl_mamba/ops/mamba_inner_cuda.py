@@ -42,9 +42,9 @@ def mamba_inner_cuda(
 ) -> Tensor:
     """``mamba_inner_fn``'s arguments and result (``vl_mamba.ops.mamba_inner``), softplus on delta.
 
-    ``checkpoint_lvl`` as mamba_ssm's: 1 recomputes the conv's output, x_proj's and dt_proj's in the backward; 0 keeps
-    them from the forward (two more (batch, d_inner, L) tensors a layer in the activations' dtype, for a faster
-    backward).
+    ``checkpoint_lvl`` as mamba_ssm's: 1 recomputes the conv's output and the x_proj and dt_proj products in the
+    backward; 0 keeps them from the forward (two more (batch, d_inner, L) tensors a layer in the activations' dtype,
+    for a faster backward).
 
     Raises:
         RuntimeError: the scan's kernel does not take these operands or is not available (``scan_cuda``).
