@@ -19,6 +19,7 @@ from vl_mamba.decoders.checkpoint_io import read_config, read_state_dict, resolv
 from vl_mamba.decoders.config import MambaConfig
 from vl_mamba.decoders.mamba_block import LayerState, MambaBlock, RMSNorm
 from vl_mamba.ops import linear_decode
+from vl_mamba.ops.mamba_inner import check_checkpoint_lvl
 
 
 class MambaBackbone(nn.Module):
@@ -73,8 +74,7 @@ class MambaDecoder(LanguageDecoder):
         revision: str | None = None,
     ) -> None:
         super().__init__()
-        if checkpoint_lvl not in (0, 1):
-            raise ValueError(f"MambaDecoder: checkpoint_lvl must be 0 or 1, got {checkpoint_lvl}")
+        check_checkpoint_lvl(checkpoint_lvl)
         given = {
             "d_model": d_model, "n_layer": n_layer, "vocab_size": vocab_size, "d_state": d_state,
             "d_conv": d_conv, "expand": expand, "pad_vocab_size_multiple": pad_vocab_size_multiple,

@@ -15,7 +15,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["as_matrix", "compute_dtype", "from_matrix", "in_proj_channel_major", "project_matrix", "weight_grad"]
+__all__ = [
+    "as_matrix", "compute_dtype", "from_matrix", "in_proj_channel_major", "project_matrix", "state_rows", "weight_grad",
+]
 
 
 def as_matrix(t: Tensor) -> Tensor:
@@ -35,10 +37,14 @@ def project_matrix(
     """x as its (d_inner, batch * L) matrix -> x_proj's output as a (rank + 2N, batch * L) matrix, and dt before bias,
     B and C as channel-major (batch, channels, L) views of products over all tokens at once."""
     rank = delta_proj_weight.shape[1]
-    n = (x_proj_weight.shape[0] - rank) // 2
     x_dbl = x_proj_weight @ x_m
-    return (x_dbl, from_matrix(delta_proj_weight @ x_dbl[:rank], batch), from_matrix(x_dbl[rank : rank + n], batch),
-            from_matrix(x_dbl[rank + n :], batch))
+    return (x_dbl, from_matrix(delta_proj_weight @ x_dbl[:rank], batch), *state_rows(x_dbl, rank, batch))
+
+
+def state_rows(x_dbl: Tensor, rank: int, batch: int) -> tuple[Tensor, Tensor]:
+    """B and C, the rows of x_proj's output matrix (rank + 2N, batch * L) after dt's, as channel-major views."""
+    n = (x_dbl.shape[0] - rank) // 2
+    return from_matrix(x_dbl[rank : rank + n], batch), from_matrix(x_dbl[rank + n :], batch)
 
 
 def compute_dtype(t: Tensor) -> torch.dtype:

@@ -65,8 +65,7 @@ def mamba_inner_fn(
     Returns:
         (batch, L, d_model).
     """
-    if checkpoint_lvl not in (0, 1):
-        raise ValueError(f"checkpoint_lvl must be 0 or 1, got {checkpoint_lvl}")
+    check_checkpoint_lvl(checkpoint_lvl)
     if xz.is_cuda and xz.dtype != torch.float64:
         if _own_inner_ok(xz, A):
             from vl_mamba.ops.mamba_inner_cuda import mamba_inner_cuda
@@ -87,6 +86,12 @@ def mamba_inner_fn(
         xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias, A, D,
         delta_bias,
     )
+
+
+def check_checkpoint_lvl(checkpoint_lvl: int) -> None:
+    """Raise ValueError unless ``checkpoint_lvl`` is one of mamba_ssm's levels, 0 or 1."""
+    if checkpoint_lvl not in (0, 1):
+        raise ValueError(f"checkpoint_lvl must be 0 or 1, got {checkpoint_lvl}")
 
 
 def _own_inner_ok(xz: Tensor, A: Tensor) -> bool:

@@ -21,7 +21,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from vl_mamba.ops.causal_conv1d import causal_conv1d_backward, causal_conv1d_forward
-from vl_mamba.ops.channel_major import as_matrix, compute_dtype, from_matrix, project_matrix, weight_grad
+from vl_mamba.ops.channel_major import as_matrix, compute_dtype, from_matrix, project_matrix, state_rows, weight_grad
+from vl_mamba.ops.mamba_inner import check_checkpoint_lvl
 from vl_mamba.ops.scan_cuda import scan_backward, scan_forward, scan_operands
 
 __all__ = ["mamba_inner_cuda"]
@@ -49,8 +50,7 @@ def mamba_inner_cuda(
     Raises:
         RuntimeError: the scan's kernel does not take these operands or is not available (``scan_cuda``).
     """
-    if checkpoint_lvl not in (0, 1):
-        raise ValueError(f"checkpoint_lvl must be 0 or 1, got {checkpoint_lvl}")
+    check_checkpoint_lvl(checkpoint_lvl)
     out = _MambaInner.apply(
         xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, A, D, delta_bias,
         checkpoint_lvl == 0,
@@ -108,8 +108,7 @@ class _MambaInner(torch.autograd.Function):
                 conv = causal_conv1d_forward(x, conv_w.squeeze(1), conv_b, silu=True)
                 conv_m, x_dbl, dt, B, C, xp_w, dtp_w = _project(conv, xp_w, dtp_w)
             else:
-                n = (x_dbl.shape[0] - rank) // 2
-                B, C = from_matrix(x_dbl[rank : rank + n], batch), from_matrix(x_dbl[rank + n :], batch)
+                B, C = state_rows(x_dbl, rank, batch)
                 conv_m = as_matrix(conv)
             cdt = conv.dtype
             ops = scan_operands(conv, dt, A, B, C, D, xz[:, d:], delta_bias)
