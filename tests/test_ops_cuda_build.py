@@ -11,7 +11,7 @@ import torch
 from _helpers import rel_err
 
 from vl_mamba.ops import cuda_build
-from vl_mamba.ops.scan_cuda import _aligned, supports
+from vl_mamba.ops.scan_cuda import _aligned, _args, groups_fit, scan_operands, supports
 from vl_mamba.ops.selective_scan import selective_scan_fn, selective_scan_ref
 
 
@@ -41,6 +41,19 @@ def test_switch_when_set(monkeypatch) -> None:
 def test_supports_only_cuda_tensors_up_to_16_states() -> None:
     u, A, B = torch.randn(1, 4, 8), -torch.rand(4, 16), torch.randn(1, 16, 8)
     assert not supports(u, A, B)  # a CPU tensor
+
+
+def test_groups_of_b_and_c_must_span_whole_blocks() -> None:
+    """Each group of B and C must serve whole blocks of 32 channels (a block reads one group's rows); the kernel is
+    told each group's channel count, which one group gives as the whole width."""
+    assert groups_fit(96, 1) and groups_fit(33, 1)
+    assert groups_fit(128, 4) and groups_fit(4608, 2)
+    assert not groups_fit(96, 2)  # 48 channels a group
+    assert not groups_fit(100, 3) and not groups_fit(64, 0)
+    u, delta, A = torch.randn(2, 128, 10), torch.randn(2, 128, 10), -torch.rand(128, 16)
+    for bc, group_dim in (((2, 4, 16, 10), 32), ((2, 16, 10), 128), ((2, 1, 16, 10), 128)):
+        B = torch.randn(*bc)
+        assert _args(*scan_operands(u, delta, A, B, B.clone()), True).group_dim == group_dim
 
 
 def test_vector_loads_need_aligned_rows() -> None:

@@ -12,12 +12,16 @@ pytestmark = [pytest.mark.gpu, needs_cuda()]
 
 # (batch, dim, L, N, groups, with D / z / delta bias / softplus): lengths that do and do not fill the last group of
 # 8 steps and the last tile of 64; one step; channels that do not fill the last block of 32; N below 16 and odd;
-# one group of B and C; no optional input.
+# one group of B and C; groups of one and of three blocks of 32 channels (a 2D scan's directions, at the patch
+# grid's length 27 x 27); no optional input.
 CASES = [
     (2, 64, 300, 16, None, True),
     (1, 40, 1, 4, None, True),
     (2, 33, 129, 5, None, False),
     (2, 96, 1000, 16, 1, True),
+    (2, 128, 300, 16, 4, True),
+    (2, 192, 729, 16, 2, True),
+    (1, 64, 77, 5, 2, False),
     (1, 32, 4099, 16, None, True),
     (3, 7, 8, 1, None, True),
 ]
@@ -78,6 +82,27 @@ def test_half_precision_inputs(dtype, w_dtype) -> None:
     """Half-precision u, delta, z (and B, C unless float32): computed in float32, rounded once at the end."""
     errs = errors(*scan_case(2, 96, 1000, 16, None, True, dtype=dtype, w_dtype=w_dtype))
     assert max(errs) < 1e-2, errs
+
+
+def test_groups_in_half_precision() -> None:
+    """Four groups of B and C in bfloat16, as the VSS connector's cross scan passes them."""
+    errs = errors(*scan_case(2, 256, 729, 16, 4, True, dtype=torch.bfloat16))
+    assert max(errs) < 1e-2, errs
+
+
+def test_groups_that_split_a_block_go_elsewhere() -> None:
+    """Groups of B and C that do not each span whole blocks of 32 channels are refused, and ``selective_scan_fn``
+    runs another kernel on them (still matching the reference)."""
+    from vl_mamba.ops.scan_cuda import selective_scan_cuda, supports
+    from vl_mamba.ops.selective_scan import selective_scan_fn, selective_scan_ref
+
+    args, softplus, _, _ = scan_case(2, 96, 50, 16, 2, True)  # 48 channels a group
+    assert not supports(args[0], args[2], args[3])
+    with pytest.raises(RuntimeError, match="groups of a multiple of 32"):
+        selective_scan_cuda(*[a.detach() for a in args])
+    detached = [a.detach() for a in args]
+    y = selective_scan_fn(*detached, delta_softplus=softplus)
+    assert rel_err(y, selective_scan_ref(*detached, delta_softplus=softplus)) < 2e-5
 
 
 def test_layer_layouts() -> None:

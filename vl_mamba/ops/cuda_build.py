@@ -53,6 +53,7 @@ class CudaScanArgs(ctypes.Structure):
         *((name, ctypes.c_int64 * 2) for name in ("sout", "sdout", "sdz")),
         ("out_z", ctypes.c_void_p),
         *((name, ctypes.c_int64 * 2) for name in ("sdu", "sddelta")),
+        ("group_dim", ctypes.c_int64),
     ]
 
 

@@ -11,6 +11,9 @@
 // softplus and the gate's factors done once per element) and reads them as float4 vectors; the next tile's loads
 // are issued into registers before the current tile is scanned, so that they arrive meanwhile.
 //
+// B and C may come in groups (the K directions of a 2D scan), each serving an equal run of channels: a block's
+// channels then lie in one group, whose rows it reads.
+//
 // The gradients of B and C sum over channels: within a warp's 8 channels by a reduce-scatter of shuffles, across
 // the block's warps in shared memory once per tile, across blocks by `sum_partials` (from a float32 buffer of one
 // partial sum per block).
@@ -58,6 +61,7 @@ typedef struct {
     int64_t sout[2], sdout[2], sdz[2];  // (batch, channel) strides of out and out_z, dout, dz
     void *out_z;                        // backward: the forward's output again (gated), laid out as out; or null
     int64_t sdu[2], sddelta[2];         // (batch, channel) strides of du and ddelta
+    int64_t group_dim;                  // channels per group of B and C, a multiple of CHANNELS unless one group
 } vl_cuda_scan_args;
 
 }
@@ -187,6 +191,11 @@ struct Fetched {
     Raw4<TW> B, C;
 };
 
+// The block's group of B and C: its rows are the group's N rows of the (batch, groups * N, length) operands.
+__device__ __forceinline__ unsigned group_of(const vl_cuda_scan_args &p) {
+    return p.group_dim < p.dim ? blockIdx.x * CHANNELS / (unsigned)p.group_dim : 0u;
+}
+
 __device__ __forceinline__ int k8_of() { return (threadIdx.x & 3) * 8; }
 __device__ __forceinline__ int bc_state() { return threadIdx.x >> 3; }
 __device__ __forceinline__ int k4_of() { return (threadIdx.x & 7) * 4; }
@@ -205,9 +214,9 @@ __device__ __forceinline__ void fetch(const vl_cuda_scan_args &p, const Lane &l,
     }
     const int n = bc_state();
     if (n < p.nstate) {
-        const int64_t t4 = t0 + k4_of();
-        fetch4(f.B, (const TW *)p.B + l.b * p.sB[0] + n * p.sB[1], t4, p.length, vec);
-        fetch4(f.C, (const TW *)p.C + l.b * p.sC[0] + n * p.sC[1], t4, p.length, vec);
+        const int64_t t4 = t0 + k4_of(), row = group_of(p) * p.nstate + n;
+        fetch4(f.B, (const TW *)p.B + l.b * p.sB[0] + row * p.sB[1], t4, p.length, vec);
+        fetch4(f.C, (const TW *)p.C + l.b * p.sC[0] + row * p.sC[1], t4, p.length, vec);
     }
 }
 

@@ -1,7 +1,8 @@
 """``selective_scan_cuda``: the selective scan on CUDA through this package's own kernel (``cuda_scan.cu``).
 
-Same signature and results as ``selective_scan_ref`` (mamba_ssm's ``selective_scan_fn``), for up to 16 states
-and one group of B and C. Bias, softplus, D and the gate are done in the kernel, as are every gradient of them; the
+Same signature and results as ``selective_scan_ref`` (mamba_ssm's ``selective_scan_fn``), for up to 16 states,
+with one group of B and C or several that each serve a multiple of 32 channels (the kernel's block; a 2D scan's
+directions). Bias, softplus, D and the gate are done in the kernel, as are every gradient of them; the
 forward keeps the state every 32 steps (float32, as large as a bfloat16 input at 16 states) and the backward
 replays from it. Gradients also flow back from the last state. A backward with ``create_graph=True`` is refused
 (the kernel's backward is not itself differentiable).
@@ -19,8 +20,8 @@ from vl_mamba.ops import cuda_build
 from vl_mamba.ops.selective_scan import _check_shapes
 
 __all__ = [
-    "kernel_available", "scan_backward", "scan_forward", "scan_operands", "selective_scan_cuda", "supports",
-    "switched_on", "takes",
+    "groups_fit", "kernel_available", "scan_backward", "scan_forward", "scan_operands", "selective_scan_cuda",
+    "supports", "switched_on", "takes",
 ]
 
 
@@ -42,8 +43,16 @@ def takes(dtype: torch.dtype, w_dtype: torch.dtype, A: Tensor) -> bool:
 
 
 def supports(u: Tensor, A: Tensor, B: Tensor) -> bool:
-    """Whether the kernel takes these operands: CUDA tensors of dtypes it reads (``takes``), one group of B and C."""
-    return u.is_cuda and takes(u.dtype, B.dtype, A) and (B.dim() == 3 or B.shape[1] == 1)
+    """Whether the kernel takes these operands: CUDA tensors of dtypes it reads (``takes``), one group of B and C
+    or groups of whole blocks of channels (``groups_fit``)."""
+    groups = 1 if B.dim() == 3 else B.shape[1]
+    return u.is_cuda and takes(u.dtype, B.dtype, A) and groups_fit(u.shape[1], groups)
+
+
+def groups_fit(dim: int, groups: int) -> bool:
+    """Whether ``groups`` groups of B and C split ``dim`` channels so that each of the kernel's blocks
+    (``cuda_build.CHANNELS`` channels) lies in one group."""
+    return groups == 1 or (groups > 0 and dim % groups == 0 and dim // groups % cuda_build.CHANNELS == 0)
 
 
 def selective_scan_cuda(
@@ -66,7 +75,7 @@ def selective_scan_cuda(
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     if not supports(u, A, B):
         raise RuntimeError("selective_scan_cuda takes CUDA tensors (float32, bfloat16, float16), at most 16 states "
-                           "and one group of B and C")
+                           f"and one group of B and C or groups of a multiple of {cuda_build.CHANNELS} channels")
     if not kernel_available():
         raise RuntimeError("the selective scan's CUDA kernel is not available here")
     y, last = _CudaScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
@@ -114,7 +123,7 @@ def _args(u, delta, A, B, C, D, z, delta_bias, softplus: bool) -> cuda_build.Cud
         softplus=int(softplus), in_dtype=cuda_build.DTYPES[u.dtype], w_dtype=cuda_build.DTYPES[B.dtype],
         vec=int(vec),
         u=_ptr(u), delta=_ptr(delta), A=_ptr(A), B=_ptr(B), C=_ptr(C), D=_ptr(D), z=_ptr(z),
-        delta_bias=_ptr(delta_bias),
+        delta_bias=_ptr(delta_bias), group_dim=dim // (B.shape[1] // A.shape[1]),
     )
     args.su[:], args.sdelta[:] = u.stride()[:2], delta.stride()[:2]
     args.sB[:], args.sC[:] = B.stride()[:2], C.stride()[:2]
@@ -163,14 +172,14 @@ def scan_forward(ops: tuple, softplus: bool, keep: bool, out: Tensor | None = No
 def scan_backward(ops: tuple, ckpt: Tensor, softplus: bool, dout: Tensor | None, dlast: Tensor | None,
                   dz: Tensor | None = None, out_z: Tensor | None = None, du: Tensor | None = None,
                   ddelta: Tensor | None = None, dbc: Tensor | None = None) -> tuple:
-    """The kernel's backward: (du, ddelta, dA, dB, dC, dD, dz, dbias), dB and dC float32 (batch, N, L), dA, dD
-    and dbias float32, the rest in u's dtype.
+    """The kernel's backward: (du, ddelta, dA, dB, dC, dD, dz, dbias), dB and dC float32 (batch, N, L), or
+    (batch, groups, N, L) for several groups of B and C; dA, dD and dbias float32, the rest in u's dtype.
 
     ``dout``, the gradient of y, may have any strides with L's unit. ``du``, ``ddelta`` and ``dz`` (optional) are
     where those gradients go (new contiguous tensors otherwise); ``out_z`` (optional) receives y again, as the
     forward gave it (for out_proj's weight gradient without keeping y). All four: (batch, dim, L) in u's dtype,
     any strides with L's unit. ``dbc`` (optional, (batch, 2, N, L), any dtype, unit stride along L) receives dB and
-    dC, summed straight into it; dB and dC are then its two halves.
+    dC, summed straight into it (one group of B and C only); dB and dC are then its two halves.
     """
     u, delta, A, B, C, D, z, bias = ops
     batch, dim, length = u.shape
@@ -183,9 +192,12 @@ def scan_backward(ops: tuple, ckpt: Tensor, softplus: bool, dout: Tensor | None,
     du, ddelta = _rows(du, u, "du"), _rows(ddelta, u, "ddelta")
     dz = None if z is None else _rows(dz, u, "dz")
     out_z = None if out_z is None else _rows(out_z, u, "out_z")
-    dA = torch.zeros_like(A)
-    dD = None if D is None else torch.zeros_like(D)
-    dbias = None if bias is None else torch.zeros_like(bias)
+    # The kernel's atomic sums start from zero: one buffer holds them all, so that one fill serves.
+    zeroed = torch.zeros(A.numel() + (0 if D is None else dim) + (0 if bias is None else dim), device=u.device,
+                         dtype=torch.float32)
+    dA = zeroed[:A.numel()].view_as(A)
+    dD = None if D is None else zeroed[A.numel():A.numel() + dim]
+    dbias = None if bias is None else zeroed[zeroed.numel() - dim:]
     blocks = -(-dim // cuda_build.CHANNELS)
     dBC = torch.empty(batch, blocks, 2, cuda_build.STATES, length, device=u.device, dtype=torch.float32)
     args = _args(*ops, softplus)
@@ -198,8 +210,16 @@ def scan_backward(ops: tuple, ckpt: Tensor, softplus: bool, dout: Tensor | None,
     args.sdu[:], args.sddelta[:] = du.stride()[:2], ddelta.stride()[:2]
     args.sout[:] = (0, 0) if out_z is None else out_z.stride()[:2]
     _launch(args, True, u.device)
-    sums = _sum_blocks(dBC, A.shape[1], dbc)
-    return du, ddelta, dA, sums[:, 0], sums[:, 1], dD, dz, dbias
+    nstate, groups = A.shape[1], B.shape[1] // A.shape[1]
+    if groups == 1:
+        sums = _sum_blocks(dBC, nstate, dbc)
+        return du, ddelta, dA, sums[:, 0], sums[:, 1], dD, dz, dbias
+    if dbc is not None:
+        raise ValueError("dbc takes the sums of one group of B and C")
+    # A group's blocks are consecutive: the partials are those of batch * groups sequences of blocks // groups.
+    part = dBC.view(batch * groups, blocks // groups, *dBC.shape[2:])
+    sums = _sum_blocks(part, nstate, None).view(batch, groups, 2, nstate, length)
+    return du, ddelta, dA, sums[:, :, 0], sums[:, :, 1], dD, dz, dbias
 
 
 def _sum_blocks(part: Tensor, nstate: int, out: Tensor | None) -> Tensor:
