@@ -1,6 +1,7 @@
 """The timm ViT encoder on tiny SigLIP- and CLIP-shaped configurations: output shape and grid, prefix tokens
-dropped, the chosen block's features against a hand-run of the timm blocks, frozen by default, the data config,
-weights from a local file; and ``ImageTransform`` on every PIL mode and in its three resize modes."""
+dropped, the chosen block's features against a hand-run of the timm blocks, row-major tokens in every block, frozen
+by default, the data config, weights from a local file; and ``ImageTransform`` on every PIL mode and in its three
+resize modes."""
 
 from __future__ import annotations
 
@@ -61,6 +62,19 @@ def test_features_of_the_chosen_block(name, layer, norm):
     images = torch.randn(2, 3, 56, 56)
     expected = by_hand(encoder, name, images, norm=norm)
     torch.testing.assert_close(encoder(images), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", [SIGLIP, CLIP])
+def test_blocks_see_row_major_tokens(name):
+    """timm hands the patch tokens on as a transposed view; the encoder lays them out row-major once, so no block's
+    norm copies the residual stream again."""
+    encoder = tiny(name)
+    layouts = []
+    for block in encoder.model.blocks:
+        block.norm1.register_forward_pre_hook(lambda module, args: layouts.append(args[0].is_contiguous()))
+    features = encoder(torch.randn(2, 3, 56, 56))
+    assert layouts == [True] * len(encoder.model.blocks)
+    assert features.is_contiguous() or name == CLIP  # CLIP's CLS token is sliced off
 
 
 def test_frozen_by_default_with_no_gradient():

@@ -96,9 +96,11 @@ class VSS(nn.Module):
         x = F.silu(self.conv2d(x)).flatten(2)  # (batch, e, L)
         perms = self.permutations(grid, x.device)
         xs = scan(x, perms)  # (batch, k, e, L)
-        x_dbl = torch.einsum("bkel,kce->bkcl", xs, self.x_proj_weight.to(xs.dtype))
+        # Batched products over (batch, direction) that read xs and x_dbl in place (an einsum would lay xs out
+        # direction-major first).
+        x_dbl = torch.matmul(self.x_proj_weight.to(xs.dtype), xs)  # (batch, k, r + 2n, L)
         dts, Bs, Cs = x_dbl.split([r, n, n], dim=2)
-        dts = torch.einsum("bkrl,ker->bkel", dts, self.dt_projs_weight.to(xs.dtype))
+        dts = torch.matmul(self.dt_projs_weight.to(xs.dtype), dts)  # (batch, k, e, L)
         ys = selective_scan_fn(
             xs.reshape(batch, k * e, length),
             dts.reshape(batch, k * e, length),

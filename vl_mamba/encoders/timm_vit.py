@@ -66,6 +66,7 @@ class TimmViTEncoder(VisionEncoder):
         self.norm = norm
         self.model.prune_intermediate_layers([self.layer], prune_norm=not norm, prune_head=True)
         self.model.set_grad_checkpointing(gradient_checkpointing)
+        self.model.patch_embed.register_forward_hook(_row_major)
         self.embed_dim = self.model.embed_dim
         self.grid = tuple(self.model.patch_embed.grid_size)
         self.model_name = model_name
@@ -90,6 +91,13 @@ class TimmViTEncoder(VisionEncoder):
 
     def extra_repr(self) -> str:
         return f"{self.model_name}, layer={self.layer}, grid={self.grid}, embed_dim={self.embed_dim}"
+
+
+def _row_major(module: nn.Module, args: tuple, tokens: Tensor) -> Tensor:
+    """The patch embedding's tokens laid out row-major. timm makes them as a transposed view of the conv's
+    (batch, width, grid) output, and every residual add keeps that layout, so each block's norms would copy the
+    stream to lay it out again (54 copies of SigLIP-SO400M's stream a forward)."""
+    return tokens.contiguous()
 
 
 def default_layer(model_name: str) -> int:
