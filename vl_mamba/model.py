@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from vl_mamba.connectors.base import Connector
 from vl_mamba.decoders.base import LanguageDecoder
 from vl_mamba.encoders.base import VisionEncoder
+from vl_mamba.ops.cross_entropy import cross_entropy_sum
 from vl_mamba.splicing import IGNORE_INDEX, plan_splice
 
 
@@ -161,4 +162,4 @@ class VLMamba(nn.Module):
         rows = order + order // max(length - 1, 1)  # (sample, position) over L - 1 columns -> sample * L + position
         logits = self.decoder.logits(hidden.reshape(batch * length, -1).index_select(0, rows))
         targets = labels.flatten().index_select(0, rows + 1)
-        return F.cross_entropy(logits.float(), targets, reduction="sum") / max(count, 1)
+        return cross_entropy_sum(logits, targets) / max(count, 1)

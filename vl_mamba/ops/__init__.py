@@ -9,6 +9,7 @@ from vl_mamba.ops.causal_conv1d import (
     causal_conv1d_update_ref,
     conv_state_from_input,
 )
+from vl_mamba.ops.cross_entropy import cross_entropy_sum, cross_entropy_sum_ref
 from vl_mamba.ops.decode_ssm import ssm_step, ssm_step_ref
 from vl_mamba.ops.gemv import (
     add_rms_norm_linear_decode,
@@ -44,6 +45,8 @@ __all__ = [
     "causal_conv1d_update",
     "causal_conv1d_update_ref",
     "conv_state_from_input",
+    "cross_entropy_sum",
+    "cross_entropy_sum_ref",
     "in_proj_channel_major",
     "linear_decode",
     "linear_decode_ref",
