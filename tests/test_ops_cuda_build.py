@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import itertools
 
+import pytest
 import torch
 from _helpers import rel_err
 
@@ -86,18 +87,24 @@ def test_layer_body_falls_back_on_the_cpu(monkeypatch) -> None:
     torch.testing.assert_close(mamba_inner_fn(*args), mamba_inner_ref(*args))
 
 
-def _scan_forward_ref(ops, softplus, keep, out=None):
+def _with_a(ops, a_log):
+    """The operands with A itself where they hold its log."""
+    return (*ops[:2], -torch.exp(ops[2]), *ops[3:]) if a_log else tuple(ops)
+
+
+def _scan_forward_ref(ops, softplus, keep, out=None, a_log=False):
     """``scan_cuda.scan_forward``'s contract, by ``selective_scan_ref`` (no saved states)."""
-    y, last = selective_scan_ref(*ops, delta_softplus=softplus, return_last_state=True)
+    y, last = selective_scan_ref(*_with_a(ops, a_log), delta_softplus=softplus, return_last_state=True)
     out = y.clone() if out is None else out.copy_(y)
     return out, last, torch.empty(0)
 
 
-def _scan_backward_ref(ops, ckpt, softplus, dout, dlast, dz=None, out_z=None, du=None, ddelta=None, dbc=None):
+def _scan_backward_ref(ops, ckpt, softplus, dout, dlast, dz=None, out_z=None, du=None, ddelta=None, dbc=None,
+                      a_log=False):
     """``scan_cuda.scan_backward``'s contract, by autograd through ``selective_scan_ref``."""
     leaves = [None if t is None else t.detach().requires_grad_(True) for t in ops]
     with torch.enable_grad():
-        y, last = selective_scan_ref(*leaves, delta_softplus=softplus, return_last_state=True)
+        y, last = selective_scan_ref(*_with_a(leaves, a_log), delta_softplus=softplus, return_last_state=True)
         loss = (y * dout).sum() + (0 if dlast is None else (last * dlast).sum())
         grads = iter(torch.autograd.grad(loss, [t for t in leaves if t is not None]))
     du_, ddelta_, dA, dB, dC, dD, dz_, dbias = (None if t is None else next(grads) for t in leaves)
@@ -143,3 +150,32 @@ def test_layer_body_plumbing_on_the_cpu(monkeypatch) -> None:
             results.append([out, *torch.autograd.grad(out, wanted, grad)])
         for got, ref in zip(*results, strict=True):  # the kernel's contract rounds A, D and delta's bias to float32
             assert rel_err(got, ref) < 1e-6
+
+
+def test_layer_body_takes_a_log(monkeypatch) -> None:
+    """Given ``A_log`` in A's place, ``mamba_inner_cuda`` hands the scan the log with the flag that has the kernel
+    exponentiate it (here the reference contract above), and the gradient reaching A_log is that of
+    ``mamba_inner_ref`` through A = -exp(A_log); ``mamba_inner_fn`` takes A_log on every path and refuses both or
+    neither."""
+    from vl_mamba.ops import mamba_inner_cuda as module
+    from vl_mamba.ops.mamba_inner import mamba_inner_fn, mamba_inner_ref
+
+    monkeypatch.setattr(module, "scan_forward", _scan_forward_ref)
+    monkeypatch.setattr(module, "scan_backward", _scan_backward_ref)
+    g = torch.Generator().manual_seed(1)
+    batch, d, n, rank, length, d_model = 2, 8, 4, 2, 11, 6
+    xz = torch.randn(batch, 2 * d, length, generator=g, dtype=torch.float64)
+    weights = [torch.randn(*s, generator=g, dtype=torch.float64) * 0.3
+               for s in ((d, 1, 4), (d,), (rank + 2 * n, d), (d, rank), (d_model, d), (d_model,))]
+    A_log = torch.log(torch.rand(d, n, generator=g, dtype=torch.float64) * 3 + 0.1).requires_grad_(True)
+    D, bias = torch.randn(d, generator=g, dtype=torch.float64), torch.randn(d, generator=g, dtype=torch.float64)
+    grad = torch.randn(batch, length, d_model, generator=g, dtype=torch.float64)
+    outs = [module.mamba_inner_cuda(xz, *weights, None, D, bias, A_log=A_log),
+            mamba_inner_fn(xz, *weights, None, D, bias, A_log=A_log),  # the CPU path: A computed first
+            mamba_inner_ref(xz, *weights, -torch.exp(A_log), D, bias)]
+    grads = [torch.autograd.grad(out, A_log, grad)[0] for out in outs]
+    for out, dA_log in zip(outs[:2], grads[:2], strict=True):
+        assert rel_err(out, outs[2]) < 1e-6 and rel_err(dA_log, grads[2]) < 1e-6
+    for a, a_log in ((None, None), (-torch.exp(A_log), A_log)):
+        with pytest.raises(ValueError, match="A_log"):
+            mamba_inner_fn(xz, *weights, a, D, bias, A_log=a_log)

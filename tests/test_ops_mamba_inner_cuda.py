@@ -1,6 +1,7 @@
 """``mamba_inner_cuda`` (the layer body around this package's CUDA scan) against ``mamba_inner_ref`` in float64:
 the output and the gradient of every input, in float32 and under bf16 autocast with float32 weights, with in_proj's
-output contiguous or channel-major, and with frozen weights; and the layer's dispatch to it. GPU only."""
+output contiguous or channel-major, and with frozen weights; A given as its log; and the layer's dispatch to it. GPU
+only."""
 
 from __future__ import annotations
 
@@ -135,3 +136,23 @@ def test_decoder_passes_checkpoint_lvl_to_its_layers() -> None:
         grads[lvl] = torch.autograd.grad(out.float().square().sum(), list(decoder.backbone.layers.parameters()))
     for a, b in zip(grads[1], grads[0], strict=True):
         assert rel_err(a, b) < 1e-5
+
+
+def test_a_log_in_the_kernel() -> None:
+    """``A_log`` in A's place: the kernel exponentiates it and gives its gradient, matching A = -exp(A_log) computed
+    outside (to the kernel's fast exp), in float32 and under bf16 autocast."""
+    from vl_mamba.ops.mamba_inner_cuda import mamba_inner_cuda
+
+    args, grad = inner_case(length=300)
+    A_log = torch.log(-args[7].detach()).requires_grad_(True)
+    for autocast in (False, True):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            fused = mamba_inner_cuda(*args[:7], None, *args[8:], A_log=A_log)
+            outside = mamba_inner_cuda(*args[:7], -torch.exp(A_log), *args[8:])
+        wanted = [*args[:7], *args[8:], A_log]
+        got = torch.autograd.grad(fused, wanted, grad.to(fused.dtype))
+        want = torch.autograd.grad(outside, wanted, grad.to(outside.dtype))
+        tolerance = 1e-2 if autocast else 1e-4  # a bf16 rounding may fall either side of a last-bit difference
+        assert rel_err(fused, outside) < tolerance / 10
+        for a, b in zip(got, want, strict=True):
+            assert rel_err(a, b) < tolerance

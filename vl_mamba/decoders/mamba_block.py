@@ -105,13 +105,13 @@ class MambaMixer(nn.Module):
         """
         # (batch, 2 * d_inner, L) with L the unit-stride axis: x and z reach the conv and the scan uncopied.
         xz = in_proj_channel_major(hidden, self.in_proj.weight, self.in_proj.bias)
-        A = -torch.exp(self.A_log.float())
         if state is None and mask is None and not (self.recomputed and not self._weights_trained()):
             return mamba_inner_fn(
                 xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
-                self.out_proj.weight, self.out_proj.bias, A, self.D.float(), self.dt_proj.bias.float(),
-                self.checkpoint_lvl,
+                self.out_proj.weight, self.out_proj.bias, None, self.D.float(), self.dt_proj.bias.float(),
+                self.checkpoint_lvl, A_log=self.A_log.float(),
             )
+        A = -torch.exp(self.A_log.float())
         x, z = xz.chunk(2, dim=1)
         if mask is not None:
             keep = mask.unsqueeze(1).to(x.dtype)

@@ -54,6 +54,7 @@ class CudaScanArgs(ctypes.Structure):
         ("out_z", ctypes.c_void_p),
         *((name, ctypes.c_int64 * 2) for name in ("sdu", "sddelta")),
         ("group_dim", ctypes.c_int64),
+        ("a_log", ctypes.c_int32),
     ]
 
 

@@ -62,6 +62,7 @@ typedef struct {
     void *out_z;                        // backward: the forward's output again (gated), laid out as out; or null
     int64_t sdu[2], sddelta[2];         // (batch, channel) strides of du and ddelta
     int64_t group_dim;                  // channels per group of B and C, a multiple of CHANNELS unless one group
+    int32_t a_log;                      // A holds log(-A) (Mamba's A_log); dA is then the gradient of that log
 } vl_cuda_scan_args;
 
 }
@@ -107,6 +108,12 @@ __device__ __forceinline__ Lane lane_of(const vl_cuda_scan_args &p) {
 }
 
 __device__ __forceinline__ int state_of(const Lane &l, int j) { return j * QUAD + l.q; }
+
+// A[d, n] of the lane's state j: read as it is, or as -exp of it where the caller passes A's log.
+__device__ __forceinline__ float a_of(const vl_cuda_scan_args &p, const Lane &l, int j) {
+    const float a = ((const float *)p.A)[l.d * p.nstate + state_of(l, j)];
+    return p.a_log ? -expf(a) : a;
+}
 __device__ __forceinline__ bool state_on(const vl_cuda_scan_args &p, const Lane &l, int j) {
     return l.on && state_of(l, j) < p.nstate;
 }
@@ -330,7 +337,7 @@ __global__ void __launch_bounds__(THREADS, 4) scan_forward(const vl_cuda_scan_ar
     float A2[SPT];
 #pragma unroll
     for (int j = 0; j < SPT; ++j)
-        A2[j] = state_on(p, l, j) ? ((const float *)p.A)[l.d * p.nstate + state_of(l, j)] * LOG2E : 0.f;
+        A2[j] = state_on(p, l, j) ? a_of(p, l, j) * LOG2E : 0.f;
     const float Dv = (p.D && l.on) ? ((const float *)p.D)[l.d] : 0.f;
     const float bias = (p.delta_bias && l.on) ? ((const float *)p.delta_bias)[l.d] : 0.f;
     TI *out = (TI *)p.out + l.b * p.sout[0] + l.d * p.sout[1];
@@ -410,7 +417,7 @@ __global__ void __launch_bounds__(THREADS, 3) scan_backward(const vl_cuda_scan_a
 #pragma unroll
     for (int j = 0; j < SPT; ++j) {
         const bool on = state_on(p, l, j);
-        Aj[j] = on ? ((const float *)p.A)[l.d * p.nstate + state_of(l, j)] : 0.f;
+        Aj[j] = on ? a_of(p, l, j) : 0.f;
         A2[j] = Aj[j] * LOG2E;
         g[j] = (p.dlast && on) ? ((const float *)p.dlast)[(l.b * p.dim + l.d) * p.nstate + state_of(l, j)] : 0.f;
         a_next[j] = 1.f;
@@ -543,7 +550,8 @@ __global__ void __launch_bounds__(THREADS, 3) scan_backward(const vl_cuda_scan_a
     }
 #pragma unroll
     for (int j = 0; j < SPT; ++j)
-        if (state_on(p, l, j)) atomicAdd(p.dA + l.d * p.nstate + state_of(l, j), dA[j]);
+        if (state_on(p, l, j))  // d/d log(-A) = A d/dA where A comes as its log
+            atomicAdd(p.dA + l.d * p.nstate + state_of(l, j), p.a_log ? dA[j] * Aj[j] : dA[j]);
 #pragma unroll
     for (int m = 2; m >= 1; m >>= 1) {
         dD += __shfl_xor_sync(FULL, dD, m);

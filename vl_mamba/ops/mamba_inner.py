@@ -40,10 +40,11 @@ def mamba_inner_fn(
     delta_proj_weight: Tensor,
     out_proj_weight: Tensor,
     out_proj_bias: Tensor | None,
-    A: Tensor,
+    A: Tensor | None,
     D: Tensor | None = None,
     delta_bias: Tensor | None = None,
     checkpoint_lvl: int = 1,
+    A_log: Tensor | None = None,
 ) -> Tensor:
     """Mamba-1 mixer body.
 
@@ -55,25 +56,31 @@ def mamba_inner_fn(
         delta_proj_weight: (d_inner, dt_rank).
         out_proj_weight: (d_model, d_inner).
         out_proj_bias: (d_model,).
-        A: (d_inner, N).
+        A: (d_inner, N); None where ``A_log`` is given.
         D: (d_inner,).
         delta_bias: (d_inner,).
         checkpoint_lvl: mamba_ssm's: 1 recomputes the conv's output and delta in the backward, 0 keeps them from the
             forward (faster, two more (batch, d_inner, L) tensors a layer). The unfused composition keeps what
             autograd keeps either way.
+        A_log: A as Mamba parametrises it, A = -exp(A_log), given in A's place: this package's CUDA scan
+            exponentiates it in its kernel (and gives its gradient there); the other paths compute A first.
 
     Returns:
         (batch, L, d_model).
     """
     check_checkpoint_lvl(checkpoint_lvl)
+    check_one_a(A, A_log)
     if xz.is_cuda and xz.dtype != torch.float64:
-        if _own_inner_ok(xz, A):
+        if _own_inner_ok(xz, A if A_log is None else A_log):
             from vl_mamba.ops.mamba_inner_cuda import mamba_inner_cuda
 
             return mamba_inner_cuda(
                 xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias,
-                A, D, delta_bias, checkpoint_lvl,
+                A, D, delta_bias, checkpoint_lvl, A_log=A_log,
             )
+    if A is None:
+        A = -torch.exp(A_log)
+    if xz.is_cuda and xz.dtype != torch.float64:
         kernel = _cuda_inner()
         if kernel is not None:
             # The bias is added outside: mamba_ssm 2.3's fused backward returns an empty gradient for it.
@@ -86,6 +93,12 @@ def mamba_inner_fn(
         xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias, A, D,
         delta_bias,
     )
+
+
+def check_one_a(A: Tensor | None, A_log: Tensor | None) -> None:
+    """Raise ValueError unless exactly one of ``A`` and ``A_log`` is given."""
+    if (A is None) == (A_log is None):
+        raise ValueError("give A or A_log (A = -exp(A_log)), not both and not neither")
 
 
 def check_checkpoint_lvl(checkpoint_lvl: int) -> None:

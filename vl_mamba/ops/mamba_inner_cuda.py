@@ -22,7 +22,7 @@ from torch.autograd.function import once_differentiable
 
 from vl_mamba.ops.causal_conv1d import causal_conv1d_backward, causal_conv1d_forward
 from vl_mamba.ops.channel_major import as_matrix, compute_dtype, from_matrix, project_matrix, state_rows, weight_grad
-from vl_mamba.ops.mamba_inner import check_checkpoint_lvl
+from vl_mamba.ops.mamba_inner import check_checkpoint_lvl, check_one_a
 from vl_mamba.ops.scan_cuda import scan_backward, scan_forward, scan_operands
 
 __all__ = ["mamba_inner_cuda"]
@@ -36,12 +36,16 @@ def mamba_inner_cuda(
     delta_proj_weight: Tensor,
     out_proj_weight: Tensor,
     out_proj_bias: Tensor | None,
-    A: Tensor,
+    A: Tensor | None,
     D: Tensor | None = None,
     delta_bias: Tensor | None = None,
     checkpoint_lvl: int = 1,
+    A_log: Tensor | None = None,
 ) -> Tensor:
     """``mamba_inner_fn``'s arguments and result (``vl_mamba.ops.mamba_inner``), softplus on delta.
+
+    ``A_log`` (in A's place) is Mamba's parametrisation, A = -exp(A_log): the scan's kernel exponentiates it as it
+    reads it and gives its gradient, so that neither takes kernels of its own.
 
     ``checkpoint_lvl`` as mamba_ssm's: 1 recomputes the conv's output and the x_proj and dt_proj products in the
     backward; 0 keeps them from the forward (two more (batch, d_inner, L) tensors a layer in the activations' dtype,
@@ -51,9 +55,10 @@ def mamba_inner_cuda(
         RuntimeError: the scan's kernel does not take these operands or is not available (``scan_cuda``).
     """
     check_checkpoint_lvl(checkpoint_lvl)
+    check_one_a(A, A_log)
     out = _MambaInner.apply(
-        xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, A, D, delta_bias,
-        checkpoint_lvl == 0,
+        xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,
+        A if A_log is None else A_log, D, delta_bias, checkpoint_lvl == 0, A_log is not None,
     )
     return out if out_proj_bias is None else out + out_proj_bias
 
@@ -74,7 +79,7 @@ def _project(conv: Tensor, x_proj_w: Tensor, dt_proj_w: Tensor):
 class _MambaInner(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, A, D, delta_bias, keep):
+    def forward(ctx, xz, conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, A, D, delta_bias, keep, a_log):
         batch, channels, length = xz.shape
         d = channels // 2
         conv = causal_conv1d_forward(xz[:, :d], conv_w.squeeze(1), conv_b, silu=True)
@@ -82,13 +87,14 @@ class _MambaInner(torch.autograd.Function):
             _, x_dbl, dt, B, C, xp_w, dtp_w = _project(conv, x_proj_w, dt_proj_w)
         ops = scan_operands(conv, dt, A, B, C, D, xz[:, d:], delta_bias)
         y = _channel_major(batch, d, length, conv)
-        _, _, ckpt = scan_forward(ops, True, keep=True, out=y)
+        _, _, ckpt = scan_forward(ops, True, keep=True, out=y, a_log=a_log)
         # out_proj in the dtype autocast gives nn.Linear (the activations' otherwise). The three weights are kept
         # for the backward as the products read them, so that the backward does not cast them again.
         out_dtype = compute_dtype(y)
         out_w = out_proj_w.to(out_dtype)
         out = F.linear(as_matrix(y).t().to(out_dtype), out_w)
         ctx.weight_dtypes = (x_proj_w.dtype, dt_proj_w.dtype, out_proj_w.dtype)
+        ctx.a_log = a_log
         kept = (conv, x_dbl, dt) if keep else (None, None, None)
         ctx.save_for_backward(xz, conv_w, conv_b, xp_w, dtp_w, out_w, A, D, delta_bias, ckpt, *kept)
         return out.view(batch, length, -1)
@@ -124,7 +130,8 @@ class _MambaInner(torch.autograd.Function):
             d_dbl = torch.empty_like(x_dbl)
             d_bc = from_matrix(d_dbl[rank:], batch).view(batch, 2, B.shape[1], length)
             _, _, dA, _, _, dD, _, dbias = scan_backward(
-                ops, ckpt, True, dy, None, dz=dxz[:, d:], out_z=out_z, du=du, ddelta=ddelta, dbc=d_bc
+                ops, ckpt, True, dy, None, dz=dxz[:, d:], out_z=out_z, du=du, ddelta=ddelta, dbc=d_bc,
+                a_log=ctx.a_log,
             )
             d_out_w = None if out_z is None else weight_grad(dout2d.t(), as_matrix(out_z).t(), out_dtype)
             d_conv_w = d_conv_b = d_xproj = d_dtproj = None
@@ -151,5 +158,6 @@ class _MambaInner(torch.autograd.Function):
             dA.to(A.dtype) if needs[6] else None,
             dD.to(D.dtype) if needs[7] else None,
             dbias.to(delta_bias.dtype) if needs[8] else None,
+            None,
             None,
         )

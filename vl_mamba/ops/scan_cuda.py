@@ -114,7 +114,7 @@ def _aligned(t: Tensor | None, steps: int) -> bool:
     return t.data_ptr() % (steps * t.element_size()) == 0 and all(s % steps == 0 for s in t.stride()[:-1])
 
 
-def _args(u, delta, A, B, C, D, z, delta_bias, softplus: bool) -> cuda_build.CudaScanArgs:
+def _args(u, delta, A, B, C, D, z, delta_bias, softplus: bool, a_log: bool = False) -> cuda_build.CudaScanArgs:
     batch, dim, length = u.shape
     # B and C are read four steps at a time, the rest eight.
     vec = length % 8 == 0 and all(_aligned(t, 8) for t in (u, delta, z)) and _aligned(B, 4) and _aligned(C, 4)
@@ -123,7 +123,7 @@ def _args(u, delta, A, B, C, D, z, delta_bias, softplus: bool) -> cuda_build.Cud
         softplus=int(softplus), in_dtype=cuda_build.DTYPES[u.dtype], w_dtype=cuda_build.DTYPES[B.dtype],
         vec=int(vec),
         u=_ptr(u), delta=_ptr(delta), A=_ptr(A), B=_ptr(B), C=_ptr(C), D=_ptr(D), z=_ptr(z),
-        delta_bias=_ptr(delta_bias), group_dim=dim // (B.shape[1] // A.shape[1]),
+        delta_bias=_ptr(delta_bias), group_dim=dim // (B.shape[1] // A.shape[1]), a_log=int(a_log),
     )
     args.su[:], args.sdelta[:] = u.stride()[:2], delta.stride()[:2]
     args.sB[:], args.sC[:] = B.stride()[:2], C.stride()[:2]
@@ -150,16 +150,17 @@ def scan_operands(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> tuple:
             _time_major(C.reshape(batch, -1, length), B_.dtype), _f32(D), _time_major(z, u.dtype), _f32(delta_bias))
 
 
-def scan_forward(ops: tuple, softplus: bool, keep: bool, out: Tensor | None = None):
+def scan_forward(ops: tuple, softplus: bool, keep: bool, out: Tensor | None = None, a_log: bool = False):
     """The kernel's forward on ``scan_operands``: (out, last state, saved states for ``scan_backward`` or None).
 
-    ``out`` (optional) is where y goes: (batch, dim, L), u's dtype, any strides with L's unit.
+    ``out`` (optional) is where y goes: (batch, dim, L), u's dtype, any strides with L's unit. ``a_log``: the
+    operands' A is log(-A) (Mamba's ``A_log``), which the kernel exponentiates as it reads it.
     """
     u, A = ops[0], ops[2]
     batch, dim, length = u.shape
     out = _rows(out, u, "out")
     last = torch.empty(batch, dim, A.shape[1], device=u.device, dtype=torch.float32)
-    args = _args(*ops, softplus)
+    args = _args(*ops, softplus, a_log)
     ckpt = None
     if keep:
         ckpt = torch.empty(batch, dim, args.nchunks, cuda_build.STATES, device=u.device, dtype=torch.float32)
@@ -171,7 +172,7 @@ def scan_forward(ops: tuple, softplus: bool, keep: bool, out: Tensor | None = No
 
 def scan_backward(ops: tuple, ckpt: Tensor, softplus: bool, dout: Tensor | None, dlast: Tensor | None,
                   dz: Tensor | None = None, out_z: Tensor | None = None, du: Tensor | None = None,
-                  ddelta: Tensor | None = None, dbc: Tensor | None = None) -> tuple:
+                  ddelta: Tensor | None = None, dbc: Tensor | None = None, a_log: bool = False) -> tuple:
     """The kernel's backward: (du, ddelta, dA, dB, dC, dD, dz, dbias), dB and dC float32 (batch, N, L), or
     (batch, groups, N, L) for several groups of B and C; dA, dD and dbias float32, the rest in u's dtype.
 
@@ -179,7 +180,8 @@ def scan_backward(ops: tuple, ckpt: Tensor, softplus: bool, dout: Tensor | None,
     where those gradients go (new contiguous tensors otherwise); ``out_z`` (optional) receives y again, as the
     forward gave it (for out_proj's weight gradient without keeping y). All four: (batch, dim, L) in u's dtype,
     any strides with L's unit. ``dbc`` (optional, (batch, 2, N, L), any dtype, unit stride along L) receives dB and
-    dC, summed straight into it (one group of B and C only); dB and dC are then its two halves.
+    dC, summed straight into it (one group of B and C only); dB and dC are then its two halves. ``a_log`` as
+    ``scan_forward``'s: dA is then the gradient of that log.
     """
     u, delta, A, B, C, D, z, bias = ops
     batch, dim, length = u.shape
@@ -200,7 +202,7 @@ def scan_backward(ops: tuple, ckpt: Tensor, softplus: bool, dout: Tensor | None,
     dbias = None if bias is None else zeroed[zeroed.numel() - dim:]
     blocks = -(-dim // cuda_build.CHANNELS)
     dBC = torch.empty(batch, blocks, 2, cuda_build.STATES, length, device=u.device, dtype=torch.float32)
-    args = _args(*ops, softplus)
+    args = _args(*ops, softplus, a_log)
     args.ckpt, args.dout, args.dlast = _ptr(ckpt), _ptr(dout), _ptr(dlast)
     args.vec = int(args.vec and all(_aligned(t, 8) for t in (dout, du, ddelta, dz, out_z)))
     args.du, args.ddelta, args.dz, args.out_z = _ptr(du), _ptr(ddelta), _ptr(dz), _ptr(out_z)
