@@ -12,6 +12,11 @@ dense bf16 peak) and peak memory, for the largest batch that fits: every batch s
 length down. ``alloc_retries`` counts the times the caching allocator ran out, freed its cache and tried again (a
 batch near the card's memory pays for those).
 
+Two timings of the step: ``step_ms``, the median of 5 steps each timed alone (the GPU's queue drained before and
+after each, so that the host's time to issue the step's first kernels shows); and ``run_step_ms``, 10 steps in a
+row divided by 10, as a training loop runs them (the host issues a step while the GPU finishes the one before). MFU
+and throughput are given for both (``run_MFU_%``, ``run_tokens_s``).
+
     python -m benchmarks.train_step --seq 1024 4096 16384 --out benchmarks/results/train_step.json
 """
 
@@ -116,6 +121,20 @@ def make_step(model: VLMamba, optimizer: torch.optim.Optimizer, data: dict):
     return train_step
 
 
+def consecutive_ms(fn, steps: int) -> float:
+    """Milliseconds a call of ``fn`` over ``steps`` calls in a row with no wait between them (CUDA events around
+    the run), after one call."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / steps
+
+
 def run_config(kind: str, stage: str, seq: int, batches: list[int], checkpointing: bool,
                checkpoint_lvl: int = 1) -> dict | None:
     model = build(kind, checkpointing, checkpoint_lvl)
@@ -129,6 +148,7 @@ def run_config(kind: str, stage: str, seq: int, batches: list[int], checkpointin
             torch.cuda.reset_peak_memory_stats()
             torch.cuda.reset_accumulated_memory_stats()
             timing = time_cuda(train_step, warmup=2, repeats=5)
+            run_ms = consecutive_ms(train_step, steps=10)
         except torch.OutOfMemoryError:
             optimizer.zero_grad(set_to_none=True)
             gc.collect()
@@ -143,6 +163,8 @@ def run_config(kind: str, stage: str, seq: int, batches: list[int], checkpointin
             **({"checkpoint_lvl": checkpoint_lvl} if kind == "mamba" else {}),
             "samples_s": batch / seconds, "tokens_s": batch * seq / seconds,
             "MFU_%": 100 * flops / seconds / (H100_BF16_DENSE_TFLOPS * 1e12), "peak_GiB": peak_gib(),
+            "run_step_ms": run_ms, "run_tokens_s": batch * seq / (run_ms / 1e3),
+            "run_MFU_%": 100 * flops / (run_ms / 1e3) / (H100_BF16_DENSE_TFLOPS * 1e12),
             "alloc_retries": torch.cuda.memory_stats().get("num_alloc_retries", 0),
             "trainable_B": count(model, True) / 1e9,
         }
@@ -175,8 +197,9 @@ def main() -> None:
                 rows.append(row)
                 print(row, flush=True)
                 report("training step (partial)", rows, [], args.out, quiet=True)
-    report("training step (bf16 autocast, fused AdamW, CUDA events, median of 5)", rows,
-           ["model", "stage", "seq", "batch", "step_ms", "samples_s", "tokens_s", "MFU_%", "peak_GiB"], args.out)
+    report("training step (bf16 autocast, fused AdamW, CUDA events, median of 5; and 10 in a row)", rows,
+           ["model", "stage", "seq", "batch", "step_ms", "samples_s", "tokens_s", "MFU_%", "run_step_ms",
+            "run_MFU_%", "peak_GiB"], args.out)
 
 
 if __name__ == "__main__":
