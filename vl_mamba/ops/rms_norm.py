@@ -127,6 +127,7 @@ class _AddRMSNorm(torch.autograd.Function):
         shape, width = x.shape, x.shape[-1]
         x2 = _rows(x)
         res2 = None if residual is None else _rows(residual)
+        weight = weight.contiguous()  # the kernels read it at unit stride
         rows = x2.shape[0]
         out = torch.empty(rows, width, device=x.device, dtype=x.dtype)
         total = torch.empty(rows, width, device=x.device, dtype=torch.float32 if residual_in_fp32 else x.dtype)
