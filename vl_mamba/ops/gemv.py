@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vl_mamba.ops.device import multiprocessors
 from vl_mamba.ops.pdl import launch_options, use_pdl, weights_first
 from vl_mamba.ops.rms_norm import add_rms_norm, add_rms_norm_ref
 
@@ -65,11 +66,6 @@ def _norm_kernel():
     except ImportError:
         return None
     return norm_gemv_kernel
-
-
-@functools.cache
-def _multiprocessors(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def gemv_blocks(n: int, k: int) -> tuple[int, int]:
@@ -199,7 +195,7 @@ def _norm_linear_fused(kernel, hidden, residual, norm_weight, eps, residual_in_f
     n, k = weight.shape
     y = hidden.new_empty(1, n)
     new_residual = torch.empty_like(hidden, dtype=torch.float32 if residual_in_fp32 else hidden.dtype)
-    programs = _NORM_PROGRAMS_PER_SM * (_multiprocessors(hidden.device) if hidden.is_cuda else 1)
+    programs = _NORM_PROGRAMS_PER_SM * (multiprocessors(hidden.device) if hidden.is_cuda else 1)
     programs = min(programs, -(-n // _NORM_BLOCK_N))
     pdl = use_pdl(hidden)
     kernel[(programs,)](

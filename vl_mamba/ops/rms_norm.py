@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from vl_mamba.ops.device import multiprocessors
+
 __all__ = ["add_rms_norm", "add_rms_norm_ref", "add_rms_norm_triton"]
 
 MAX_WIDTH = 16384
@@ -106,17 +108,12 @@ def _block(width: int) -> tuple[int, int]:
     return block, min(16, max(1, block // 256))
 
 
-@functools.cache
-def _multiprocessors(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-
-
 def backward_rows(rows: int, device: torch.device) -> int:
     """Rows per program of the backward: a power of two up to 32 that leaves at least one program a
     multiprocessor. Each program adds up its rows' part of the weight's gradient into one partial row, so more rows
     a program leave fewer partial rows to add up after (``benchmarks.rms_norm`` measured 32 rows the fastest at
     8,192 x 2,560 on an H100)."""
-    per_program = max(1, rows // _multiprocessors(device))
+    per_program = max(1, rows // (multiprocessors(device) if device.type == "cuda" else 8))
     return min(32, 1 << (per_program.bit_length() - 1))
 
 
