@@ -70,17 +70,17 @@ def mamba_inner_fn(
     """
     check_checkpoint_lvl(checkpoint_lvl)
     check_one_a(A, A_log)
-    if xz.is_cuda and xz.dtype != torch.float64:
-        if _own_inner_ok(xz, A if A_log is None else A_log):
-            from vl_mamba.ops.mamba_inner_cuda import mamba_inner_cuda
+    on_cuda = xz.is_cuda and xz.dtype != torch.float64
+    if on_cuda and _own_inner_ok(xz, A if A_log is None else A_log):
+        from vl_mamba.ops.mamba_inner_cuda import mamba_inner_cuda
 
-            return mamba_inner_cuda(
-                xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias,
-                A, D, delta_bias, checkpoint_lvl, A_log=A_log,
-            )
-    if A is None:
+        return mamba_inner_cuda(
+            xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight, out_proj_bias,
+            A, D, delta_bias, checkpoint_lvl, A_log=A_log,
+        )
+    if A is None:  # every other path takes A itself
         A = -torch.exp(A_log)
-    if xz.is_cuda and xz.dtype != torch.float64:
+    if on_cuda:
         kernel = _cuda_inner()
         if kernel is not None:
             # The bias is added outside: mamba_ssm 2.3's fused backward returns an empty gradient for it.
