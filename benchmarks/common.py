@@ -58,6 +58,12 @@ def held_call(fn: Callable[[], Any], cycles: int) -> tuple[Any, float, float]:
     return result, start.elapsed_time(end), host_ms
 
 
+def held_medians(fn: Callable[[], Any], cycles: int, repeats: int = 5) -> tuple[float, float]:
+    """Medians over ``repeats`` ``held_call``s of ``fn``: the GPU's milliseconds and the host's milliseconds."""
+    calls = [held_call(fn, cycles) for _ in range(repeats)]
+    return statistics.median(c[1] for c in calls), statistics.median(c[2] for c in calls)
+
+
 def profile_cuda(fn: Callable[[], Any], warmup: int = 3, stacks: bool = False) -> torch.profiler.profile:
     """A torch.profiler record (CUDA kernels and host calls) of one call of ``fn``, after ``warmup`` calls; with
     ``stacks``, also the input shapes and Python stacks of the host calls."""

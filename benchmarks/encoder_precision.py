@@ -10,18 +10,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 
 import torch
 
-from benchmarks.common import held_call, rel_err, report, sleep_cycles, time_cuda
+from benchmarks.common import held_medians, rel_err, report, sleep_cycles, time_cuda
 from vl_mamba.encoders import TimmViTEncoder
-
-
-def held(fn, cycles: int, repeats: int = 5) -> tuple[float, float]:
-    """Medians of the GPU's time for ``fn`` and the host's time to issue it, with the GPU held by a sleep."""
-    calls = [held_call(fn, cycles) for _ in range(repeats)]
-    return statistics.median(c[1] for c in calls), statistics.median(c[2] for c in calls)
 
 
 def main() -> None:
@@ -51,7 +44,7 @@ def main() -> None:
             reference = out if reference is None else reference
             torch.cuda.synchronize()
             call = time_cuda(forward, warmup=3, repeats=10)
-            gpu, host = held(forward, cycles)
+            gpu, host = held_medians(forward, cycles)
             rows.append({"batch": batch, "weights": weights, "autocast": autocast, "call_ms": call["median_ms"],
                          "gpu_ms": gpu, "host_ms": host, "rel_err_vs_fp32_weights": rel_err(out, reference)})
             print(rows[-1], flush=True)

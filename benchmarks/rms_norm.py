@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 from unittest import mock
 
 import torch
 
-from benchmarks.common import held_call, report, sleep_cycles
+from benchmarks.common import held_medians, report, sleep_cycles
 from vl_mamba.ops import rms_norm as norm_module
 
 
@@ -25,7 +24,7 @@ def timed(fn, inputs, grads, cycles: int, repeats: int = 20) -> tuple[float, flo
     time to launch them."""
     def gpu_ms(call) -> float:
         call()
-        return statistics.median(held_call(call, cycles)[1] for _ in range(repeats))
+        return held_medians(call, cycles, repeats)[0]
 
     with torch.no_grad():
         fwd = gpu_ms(lambda: fn(*inputs))
